@@ -1,0 +1,205 @@
+"""Dosing regimens as fixed-size, padded arrays.
+
+A [`Regimen`][] holds one row per dose: start time (h), amount (mg), duration (h; 0 means
+bolus, > 0 a zero-order infusion over ``[time, time + duration)``) and target compartment (0-based
+state index, or ``-1`` for the model's own dose compartment). Regimens of different lengths are
+padded with zero-amount doses so that a population stacks into one array and ``jax.vmap`` runs
+over it; padding rows have no effect on a simulation.
+
+Semantics used by the simulator (documented here once):
+
+- a bolus at time ``t`` is applied *after* any observation recorded at ``t`` (pre-dose sample);
+- an infusion adds ``amount / duration`` per hour to its compartment over ``[t, t + duration)``;
+- a model with a lag time shifts every dose by ``tlag``; doses shifted past the simulation horizon
+  are dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+
+__all__ = ["Regimen", "DosingError", "stack_regimens"]
+
+
+class DosingError(ValueError):
+    """A regimen that cannot be simulated (negative amount, bad string, mismatched lengths)."""
+
+
+def _is_concrete(x) -> bool:
+    try:
+        np.asarray(x)
+        return True
+    except Exception:  # a tracer inside jit/vmap
+        return False
+
+
+class Regimen(eqx.Module):
+    """Doses for one subject (shape ``(n_doses,)``) or a population (``(n_subjects, n_doses)``).
+
+    **Arguments:**
+
+    - `time`: dose start times in h.
+    - `amount`: amounts in mg; 0 marks a padding row.
+    - `duration`: infusion durations in h; 0 = bolus.
+    - `cmt`: 0-based compartment index of the model state, or -1 for the model's dose compartment.
+    """
+
+    time: Float[Array, "*batch doses"] = eqx.field(converter=jnp.asarray)
+    amount: Float[Array, "*batch doses"] = eqx.field(converter=jnp.asarray)
+    duration: Float[Array, "*batch doses"] = eqx.field(converter=jnp.asarray)
+    cmt: Int[Array, "*batch doses"] = eqx.field(converter=jnp.asarray)
+
+    def __check_init__(self):
+        shapes = {k: getattr(self, k).shape for k in ("time", "amount", "duration", "cmt")}
+        if len(set(shapes.values())) != 1:
+            raise DosingError(f"`Regimen` fields must have the same shape; got {shapes}.")
+        if self.time.ndim == 0:
+            raise DosingError("`Regimen` fields must be at least one-dimensional (doses).")
+        # Value checks only where values are known (not under jit/vmap tracing).
+        if all(_is_concrete(getattr(self, k)) for k in ("time", "amount", "duration")):
+            t, a, d = (np.asarray(getattr(self, k)) for k in ("time", "amount", "duration"))
+            for name, arr in (("time", t), ("amount", a), ("duration", d)):
+                if not np.all(np.isfinite(arr)):
+                    idx = np.argwhere(~np.isfinite(arr))[0].tolist()
+                    raise DosingError(
+                        f"`Regimen({name}=...)` must be finite; got {arr[tuple(idx)]} at "
+                        f"index {idx}."
+                    )
+            for name, arr in (("amount", a), ("duration", d)):
+                if np.any(arr < 0):
+                    idx = np.argwhere(arr < 0)[0].tolist()
+                    raise DosingError(
+                        f"`Regimen({name}=...)` must be non-negative; got {arr[tuple(idx)]} at "
+                        f"index {idx}."
+                    )
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def make(
+        cls,
+        times: Sequence[float],
+        amounts: Sequence[float],
+        durations: Sequence[float] | None = None,
+        cmts: Sequence[int] | None = None,
+        *,
+        size: int | None = None,
+    ) -> Regimen:
+        """Build one subject's regimen from lists, padded to `size` doses (default: no padding)."""
+        t = np.asarray(times, dtype=float).reshape(-1)
+        a = np.asarray(amounts, dtype=float).reshape(-1)
+        if t.shape != a.shape:
+            raise DosingError(
+                f"`times` and `amounts` must have the same length; got {t.size} and {a.size}."
+            )
+        d = np.zeros_like(t) if durations is None else np.asarray(durations, float).reshape(-1)
+        c = -np.ones(t.shape, int) if cmts is None else np.asarray(cmts, int).reshape(-1)
+        if d.shape != t.shape or c.shape != t.shape:
+            raise DosingError(
+                f"`durations`/`cmts` must have one entry per dose ({t.size}); got "
+                f"{d.size} and {c.size}."
+            )
+        n = t.size if size is None else size
+        if n < t.size:
+            raise DosingError(f"`size={size}` is smaller than the number of doses ({t.size}).")
+        pad = n - t.size
+        last = float(t.max()) if t.size else 0.0
+        return cls(
+            time=jnp.asarray(np.concatenate([t, np.full(pad, last)])),
+            amount=jnp.asarray(np.concatenate([a, np.zeros(pad)])),
+            duration=jnp.asarray(np.concatenate([d, np.zeros(pad)])),
+            cmt=jnp.asarray(np.concatenate([c, -np.ones(pad, int)])),
+        )
+
+    @classmethod
+    def repeated(
+        cls,
+        amount: float,
+        interval: float,
+        n_doses: int,
+        *,
+        start: float = 0.0,
+        duration: float = 0.0,
+        cmt: int = -1,
+        size: int | None = None,
+    ) -> Regimen:
+        """`n_doses` doses of `amount` mg every `interval` h from `start` (e.g. once daily: 24)."""
+        if n_doses < 1:
+            raise DosingError(f"`n_doses` must be >= 1; got {n_doses}.")
+        if interval <= 0 and n_doses > 1:
+            raise DosingError(f"`interval` must be > 0 for repeated doses; got {interval}.")
+        times = start + interval * np.arange(n_doses)
+        return cls.make(
+            times,
+            np.full(n_doses, amount),
+            np.full(n_doses, duration),
+            np.full(n_doses, cmt),
+            size=size,
+        )
+
+    @classmethod
+    def parse(cls, text: str, *, size: int | None = None) -> Regimen:
+        """Parse ``"AMT@TIME[:DUR],..."``, e.g. ``"100@0,100@24:2"`` (second dose a 2 h infusion)."""
+        times, amounts, durs = [], [], []
+        for k, item in enumerate(t.strip() for t in text.split(",")):
+            if not item:
+                continue
+            try:
+                amt_s, rest = item.split("@")
+                time_s, dur_s = (rest.split(":") + ["0"])[:2] if ":" in rest else (rest, "0")
+                amounts.append(float(amt_s))
+                times.append(float(time_s))
+                durs.append(float(dur_s))
+            except ValueError:
+                raise DosingError(
+                    f"dose {k + 1} ({item!r}) is not of the form AMT@TIME or AMT@TIME:DUR "
+                    "(e.g. '100@0' or '100@24:2')."
+                ) from None
+        if not times:
+            raise DosingError(f"no doses found in {text!r}; expected e.g. '100@0,100@24'.")
+        return cls.make(times, amounts, durs, size=size)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def n_doses(self) -> int:
+        return self.time.shape[-1]
+
+    def pad_to(self, size: int) -> Regimen:
+        """Pad with zero-amount rows (at the last dose time) to `size` doses."""
+        pad = size - self.n_doses
+        if pad < 0:
+            raise DosingError(f"cannot pad {self.n_doses} doses down to {size}.")
+        if pad == 0:
+            return self
+        last = jnp.max(self.time, axis=-1, keepdims=True)
+        widths = [(0, 0)] * (self.time.ndim - 1) + [(0, pad)]
+        fill = jnp.broadcast_to(last, self.time.shape[:-1] + (pad,))
+        return Regimen(
+            time=jnp.concatenate([self.time, fill], axis=-1),
+            amount=jnp.pad(self.amount, widths),
+            duration=jnp.pad(self.duration, widths),
+            cmt=jnp.pad(self.cmt, widths, constant_values=-1),
+        )
+
+    def scaled(self, factor) -> Regimen:
+        """The same schedule with every amount multiplied by `factor` (used in dose search)."""
+        return Regimen(self.time, self.amount * factor, self.duration, self.cmt)
+
+
+def stack_regimens(regimens: Sequence[Regimen]) -> Regimen:
+    """Stack per-subject regimens into a population regimen, padding to the longest."""
+    if not regimens:
+        raise DosingError("`stack_regimens` needs at least one regimen.")
+    size = max(r.n_doses for r in regimens)
+    padded = [r.pad_to(size) for r in regimens]
+    return Regimen(
+        time=jnp.stack([r.time for r in padded]),
+        amount=jnp.stack([r.amount for r in padded]),
+        duration=jnp.stack([r.duration for r in padded]),
+        cmt=jnp.stack([r.cmt for r in padded]),
+    )
