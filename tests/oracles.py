@@ -5,7 +5,8 @@ simulator is checked against it (relative error 1e-6 in float64). Two independen
 
 - [`concentration`][]: superposition of closed-form single-dose unit responses, each a short sum
   of terms ``c * t**p * exp(-lam * t)`` (see [`unit_response`][]). A zero-order infusion is the
-  exact integral of the bolus response over the infusion window.
+  exact integral of the bolus response over the infusion window. For the transit model (and
+  near-coincident exponents) the single-dose responses come from ``scipy.linalg.expm`` instead.
 - [`concentration_expm`][] / [`amounts_expm`][]: the exact solution of ``dA/dt = K A + u(t)``
   with piecewise-constant input ``u``, propagated between events with the matrix exponential of
   the augmented matrix ``[[K, u], [0, 0]] * dt`` (Van Loan 1978; Moler & Van Loan 2003).
@@ -106,9 +107,7 @@ MODELS: dict[str, ModelSpec] = {
     "pk_1c_oral": ModelSpec(("ka", "CL", "V"), _ORAL1, 0, 1, "V"),
     "pk_1c_oral_lag": ModelSpec(("ka", "CL", "V", "tlag"), _ORAL1, 0, 1, "V", lag="tlag"),
     "pk_2c_iv": ModelSpec(("CL", "V1", "Q", "V2"), ("central", "peripheral"), 0, 0, "V1"),
-    "pk_2c_iv_infusion": ModelSpec(
-        ("CL", "V1", "Q", "V2"), ("central", "peripheral"), 0, 0, "V1"
-    ),
+    "pk_2c_iv_infusion": ModelSpec(("CL", "V1", "Q", "V2"), ("central", "peripheral"), 0, 0, "V1"),
     "pk_2c_oral": ModelSpec(
         ("ka", "CL", "V1", "Q", "V2"), ("gut", "central", "peripheral"), 0, 1, "V1"
     ),
@@ -195,9 +194,7 @@ def rate_matrix(model: str, params: Mapping[str, float]) -> tuple[np.ndarray, in
         k10 = p["CL"] / p["V1"]
         k12, k21 = p["Q2"] / p["V1"], p["Q2"] / p["V2"]
         k13, k31 = p["Q3"] / p["V1"], p["Q3"] / p["V3"]
-        K = np.array(
-            [[-(k10 + k12 + k13), k21, k31], [k12, -k21, 0.0], [k13, 0.0, -k31]]
-        )
+        K = np.array([[-(k10 + k12 + k13), k21, k31], [k12, -k21, 0.0], [k13, 0.0, -k31]])
     else:  # pragma: no cover - MODELS and this function must list the same names
         raise AssertionError(model)
     return K.astype(np.float64), spec.dose_state, spec.central_state, spec.volume
@@ -368,6 +365,11 @@ def transit_response(ktr: float, CL: float, V: float) -> ExpTerms:
     ``C(t) = D ktr**3 / V * [ t**2 / (2 d) e^{-ktr t} - t / d**2 e^{-ktr t}
     + (e^{-ktr t} - e^{-k t}) / d**3 ]``.
     Savic et al. (2007) for the model; Gibaldi & Perrier (1982) appendix B for the inversion.
+
+    Conditioning: the terms cancel to ``ktr**3 t**3 / 6`` at small ``t``, costing about
+    ``eps * 6 / (|d| t)**3`` relative error, so [`concentration`][] evaluates the transit model by
+    superposing exact matrix-exponential single-dose responses instead; this form is used by the
+    self-tests as an independent cross-check.
     """
     k = CL / V
     _require_distinct([ktr, k], _TRIPLE_POLE_TOL, "transit (ktr vs CL/V)")
@@ -394,9 +396,7 @@ def unit_response(model: str, params: Mapping[str, float]) -> ExpTerms:
     if model == "pk_1c_transit_abs":
         return transit_response(p["ktr"], p["CL"], p["V"])
     if model == "pk_3c_iv":
-        return three_compartment_iv_response(
-            p["CL"], p["V1"], p["Q2"], p["V2"], p["Q3"], p["V3"]
-        )
+        return three_compartment_iv_response(p["CL"], p["V1"], p["Q2"], p["V2"], p["Q3"], p["V3"])
     raise AssertionError(model)  # pragma: no cover
 
 
@@ -492,6 +492,31 @@ def concentration_closed_form(
     return _superpose(terms, t, a, d, obs)
 
 
+def _superpose_expm(model, params, t_dose, amount, duration, obs) -> np.ndarray:
+    """Superposition of exact single-dose responses, each from the matrix exponential of ``K``.
+
+    A bolus ``D`` gives ``x(tau) = e^{K tau} D e_dose``; an infusion of rate ``R`` over ``T``
+    gives ``x(tau) = e^{K (tau - s)} integral_0^s e^{K r} dr R e_dose`` with ``s = min(tau, T)``
+    (augmented exponential, Van Loan 1978). Only for ``tau > 0`` (pre-dose rule).
+    """
+    K, dose, central, volume = rate_matrix(model, params)
+    n = K.shape[0]
+    out = np.zeros(obs.shape)
+    for t0, a, d in zip(t_dose, amount, duration):
+        tau = obs[obs > t0] - t0
+        if d == 0.0:
+            x = a * expm(K * tau[:, None, None])[:, :, dose]
+        else:
+            s = np.minimum(tau, d)
+            M = np.zeros((n + 1, n + 1))
+            M[:n, :n] = K
+            M[dose, n] = a / d
+            x_end = expm(M * s[:, None, None])[:, :n, n]
+            x = np.einsum("kij,kj->ki", expm(K * (tau - s)[:, None, None]), x_end)
+        out[obs > t0] += x[:, central]
+    return out / _params(model, params)[volume]
+
+
 def concentration(
     model: str,
     params: Mapping[str, float],
@@ -500,18 +525,22 @@ def concentration(
     durations,
     obs_times,
 ) -> np.ndarray:
-    """Central concentration (mg/L) at `obs_times` by superposition of closed forms.
+    """Central concentration (mg/L) at `obs_times` by superposition of single-dose responses.
 
     Left limits at bolus times (a dose at ``t`` is not seen by an observation at ``t``).
-    Supports boluses and zero-order infusions for all models in [`MODELS`][]. Where two
-    exponents of the closed form nearly coincide (e.g. ``ka == CL/V``; see
-    [`NearlyEqualRatesError`][]) it falls back to the exact matrix exponential
-    [`concentration_expm`][].
+    Supports boluses and zero-order infusions for all models in [`MODELS`][]. The responses are
+    the closed forms of [`unit_response`][], except for ``pk_1c_transit_abs`` (whose partial
+    fractions are ill-conditioned at early times, see [`transit_response`][]) and where two
+    exponents nearly coincide (e.g. ``ka == CL/V``, see [`NearlyEqualRatesError`][]): there each
+    single-dose response is the exact matrix exponential of the model's rate matrix.
     """
-    try:
-        return concentration_closed_form(model, params, times, amounts, durations, obs_times)
-    except NearlyEqualRatesError:
-        return concentration_expm(model, params, times, amounts, durations, obs_times)
+    if model != "pk_1c_transit_abs":
+        try:
+            return concentration_closed_form(model, params, times, amounts, durations, obs_times)
+        except NearlyEqualRatesError:
+            pass
+    t, a, d, _, obs = _doses(model, params, times, amounts, durations, obs_times)
+    return _superpose_expm(model, params, t, a, d, obs)
 
 
 # --------------------------------------------------------------------------------------------

@@ -121,7 +121,11 @@ class PKPDModel(eqx.Module):
     def _split(self, theta):
         n_pk = len(self.pk.params)
         pk = {p.name: theta[i] for i, p in enumerate(self.pk.params)}
-        pd = {} if self.pd is None else {p.name: theta[n_pk + i] for i, p in enumerate(self.pd.params)}
+        pd = (
+            {}
+            if self.pd is None
+            else {p.name: theta[n_pk + i] for i, p in enumerate(self.pd.params)}
+        )
         return pk, pd
 
     def prior_medians(self) -> dict[str, float]:
@@ -136,7 +140,10 @@ class PKPDModel(eqx.Module):
         return jnp.concatenate([y_pk, self.pd.init(pd).astype(y_pk.dtype)])
 
     def vector_field(
-        self, t: ArrayLike, y: Float[Array, " states"], theta: Float[Array, " params"],
+        self,
+        t: ArrayLike,
+        y: Float[Array, " states"],
+        theta: Float[Array, " params"],
         rate: Float[Array, " states"],
     ) -> Float[Array, " states"]:
         """Joint dy/dt. `rate` is the zero-order input per state (non-zero on PK states only)."""
