@@ -88,6 +88,10 @@ class SolverConfig(eqx.Module):
     `method`: ``"ode"`` integrates with diffrax; ``"expm"`` propagates linear systems exactly with
     matrix exponentials of the model's Jacobian (PK-only linear models); ``"auto"`` (default)
     picks ``"expm"`` when the joint model is linear and ``"ode"`` otherwise.
+
+    `adjoint`: how diffrax differentiates the ODE path. The default (checkpointed reverse mode)
+    supports `jax.grad` but not forward mode; pass ``adjoint=diffrax.ForwardMode()`` for
+    `jax.jacfwd` / `jax.jvp`.
     """
 
     solver: dfx.AbstractSolver = dfx.Tsit5()
@@ -95,6 +99,7 @@ class SolverConfig(eqx.Module):
     atol: float = 1e-9
     max_steps: int = 4096
     method: str = "auto"
+    adjoint: dfx.AbstractAdjoint = dfx.RecursiveCheckpointAdjoint()
 
     def __check_init__(self):
         if self.method not in ("auto", "ode", "expm"):
@@ -244,6 +249,7 @@ def _propagate_ode(model: PKPDModel, theta, y0, grid, t_next, grid_kick, grid_ra
             args=(model, theta, grid_rate[k]),
             stepsize_controller=controller,
             max_steps=cfg.max_steps,
+            adjoint=cfg.adjoint,
             throw=False,
         )
         code = jnp.where(
@@ -438,8 +444,12 @@ def steady_state(
     theta = jnp.asarray(theta)
     ts = jnp.asarray([tau], theta.dtype)
 
+    # The while_loop is forward-mode only, so the inner solves use diffrax's forward-mode adjoint
+    # (the default checkpointed adjoint is a custom_vjp and rejects jvp).
+    inner = eqx.tree_at(lambda c: c.adjoint, config, dfx.ForwardMode())
+
     def one_interval(y):
-        _, y_end, status = _solve(model, theta, regimen, ts, y, 0.0, config)
+        _, y_end, status = _solve(model, theta, regimen, ts, y, 0.0, inner)
         return y_end, status
 
     def cond(c):

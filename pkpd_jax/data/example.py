@@ -17,7 +17,7 @@ Design (documented truth, also written to ``truth.json``):
   concentration in mg/L, DVID 2 = biomarker). Concentrations below LLOQ = 0.001 mg/L are reported
   as ``DV = LLOQ`` with ``BLQ = 1``.
 - Sparse sampling: PK at a random subset of 8 of 13 nominal times, biomarker at 12 nominal times,
-  each jittered by up to ±5% (never across a dose).
+  jittered as in `_jitter` (never across a dose).
 
 Everything random flows from one seed through `numpy.random.default_rng`; simulation is float64.
 `experiments/make_example_study.py` regenerates the shipped files bit for bit.
@@ -29,11 +29,11 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import polars as pl
 
+from .._x64 import x64
 from ..dosing import Regimen, stack_regimens
 from ..models import get_model
 from ..simulate import SolverConfig, simulate_population
@@ -108,12 +108,16 @@ PD_TIMES = np.array([0.0, 8.0, 24.0, 72.0, 120.0, 168.0, 240.0, 312.0, 318.0, 33
 
 
 def _jitter(rng, times, frac=0.05):
-    """Jitter nominal times by up to ±frac without crossing a whole-day boundary (dose times)."""
-    t = times * (1.0 + rng.uniform(-frac, frac, times.shape))
-    day = np.floor(times / 24.0)
-    at_dose = np.isclose(times % 24.0, 0.0)
-    lo, hi = day * 24.0 + 0.05, (day + 1) * 24.0 - 0.05
-    return np.where(at_dose | (times == 0), times, np.clip(t, lo, hi))
+    """Realistic sampling-time deviations that never cross a dose.
+
+    Post-dose samples move by up to ±`frac` of their time after the preceding dose; samples at a
+    whole day (pre-dose troughs) are taken up to 15 min early. Time 0 (baseline) is kept.
+    """
+    day = np.floor(times / 24.0) * 24.0
+    offset = times - day
+    post = np.minimum(day + offset * (1.0 + rng.uniform(-frac, frac, times.shape)), day + 23.9)
+    trough = times - rng.uniform(0.0, 0.25, times.shape)
+    return np.where(times == 0, 0.0, np.where(offset > 0, post, trough))
 
 
 def _individual_parameters(rng, bw, comed) -> dict[str, np.ndarray]:
@@ -135,7 +139,7 @@ def _individual_parameters(rng, bw, comed) -> dict[str, np.ndarray]:
 def generate_example_study(seed: int = EXAMPLE_SEED) -> tuple[pl.DataFrame, dict]:
     """Simulate the example study. Returns the NONMEM-style table and the truth (with the
     individual parameters of every subject under ``truth["individual"]``)."""
-    with jax.experimental.enable_x64():
+    with x64():
         return _generate(seed)
 
 

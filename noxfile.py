@@ -1,0 +1,46 @@
+"""Sessions: `nox -s tests` (what CI runs), `lint`, `bench`, `experiments`, `slow`.
+
+Every session installs the package into its own virtualenv; tests run on the installed package.
+"""
+
+from __future__ import annotations
+
+import nox
+
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The default test suite (excludes `slow`), as CI runs it."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-n", "2", "--dist", "loadfile", *session.posargs)
+
+
+@nox.session
+def slow(session: nox.Session) -> None:
+    """Long studies marked `slow` (not run in CI)."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.5")
+    session.run("ruff", "check", "pkpd_jax", "tests", "benchmarks", "experiments", "noxfile.py")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Speed against peers (scipy solve_ivp, closed forms); writes benchmarks/results/."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/bench_simulate.py", *session.posargs)
+
+
+@nox.session
+def experiments(session: nox.Session) -> None:
+    """Reproduce the studies under experiments/ (today: the bundled example study, bit for bit)."""
+    session.install("-e", ".")
+    session.run("python", "experiments/make_example_study.py")

@@ -1,0 +1,151 @@
+"""Black-box tests of the `pkpd-jax` command line (the CLI contract)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+
+# The public parameter names of every class (DESIGN.md tables): a change here is an API break.
+EXPECTED = {
+    "pk_1c_iv": ["CL", "V"],
+    "pk_1c_oral": ["ka", "CL", "V"],
+    "pk_1c_oral_lag": ["ka", "CL", "V", "tlag"],
+    "pk_1c_iv_mm": ["CL", "V", "Vmax", "Km"],
+    "pk_2c_iv": ["CL", "V1", "Q", "V2"],
+    "pk_2c_iv_infusion": ["CL", "V1", "Q", "V2"],
+    "pk_2c_oral": ["ka", "CL", "V1", "Q", "V2"],
+    "pk_1c_transit_abs": ["ktr", "CL", "V"],
+    "pk_3c_iv": ["CL", "V1", "Q2", "V2", "Q3", "V3"],
+    "pk_1c_oral_flipflop": ["ka", "CL", "V"],
+    "pd_direct_linear": ["R0", "slope"],
+    "pd_direct_emax": ["R0", "Emax", "EC50"],
+    "pd_direct_sigmoid": ["R0", "Emax", "EC50", "gamma"],
+    "pd_direct_inhib_emax": ["R0", "Imax", "IC50"],
+    "pd_effect_comp_emax": ["R0", "Emax", "EC50", "ke0"],
+    "pd_indirect_inhib_kin": ["R0", "kout", "IC50"],
+    "pd_indirect_stim_kin": ["R0", "kout", "Emax", "EC50"],
+    "pd_indirect_inhib_kout": ["R0", "kout", "Imax", "IC50"],
+    "pd_indirect_stim_kout": ["R0", "kout", "Emax", "EC50"],
+    "pd_transit_delay": ["R0", "Emax", "EC50", "ktr"],
+}
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pkpd_jax.cli", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_models_json_lists_all_twenty_classes_with_their_parameters():
+    res = cli("models", "--json")
+    assert res.returncode == 0, res.stderr
+    records = json.loads(res.stdout)
+    got = {r["name"]: r["params"] for r in records}
+    assert got == EXPECTED
+    fam = {r["name"]: r["family"] for r in records}
+    assert sum(f == "pk" for f in fam.values()) == 10
+    assert all(fam[n] == n[:2] for n in fam)
+
+
+def test_simulate_one_compartment_matches_closed_form(tmp_path: Path):
+    out = tmp_path / "sim.csv"
+    res = cli(
+        "simulate", "--pk", "pk_1c_iv", "--params", "CL=5,V=50", "--doses", "100@0,100@24",
+        "--times", "0,1,12,24,30", "--out", str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    df = pl.read_csv(out)
+    assert df.columns == ["TIME", "CONC"]
+    k = 0.1
+
+    def c(t):
+        return sum(2.0 * math.exp(-k * (t - d)) for d in (0.0, 24.0) if t > d)
+
+    for t, got in zip(df["TIME"], df["CONC"]):
+        assert got == pytest.approx(c(t), rel=1e-7, abs=1e-12)
+
+
+def test_simulate_with_pd_and_infusion_writes_response(tmp_path: Path):
+    out = tmp_path / "sim.csv"
+    res = cli(
+        "simulate", "--pk", "pk_1c_iv", "--pd", "pd_direct_emax",
+        "--params", "CL=5,V=50,R0=2,Emax=10,EC50=1", "--doses", "100@0:2", "--times", "0,1,2,5",
+        "--out", str(out),
+    )
+    assert res.returncode == 0, res.stderr
+    df = pl.read_csv(out)
+    assert df.columns == ["TIME", "CONC", "RESP"]
+    k, rate = 0.1, 50.0
+    c1 = rate / 5.0 * (1 - math.exp(-k * 1.0))  # 1 h into a 2 h infusion of 100 mg
+    assert df["CONC"][1] == pytest.approx(c1, rel=1e-7)
+    assert df["RESP"][1] == pytest.approx(2 + 10 * c1 / (1 + c1), rel=1e-7)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pk", "pk_1c_ivv"], "unknown PK model 'pk_1c_ivv'. Did you mean pk_1c_iv"),
+        (["--pk", "pk_1c_iv", "--params", "CL=5"], "missing: ['V']"),
+        (["--pk", "pk_1c_iv", "--params", "CL=5,V=-50"], "parameter V of pk_1c_iv must be > 0"),
+        (["--pk", "pk_1c_iv", "--params", "CL=5,V=50,ka=1"], "unknown: ['ka']"),
+        (["--pk", "pk_1c_iv", "--params", "CL=x,V=5"], "value of 'CL' is not a number"),
+        (["--pk", "pk_1c_iv", "--params", "CL=5,V=50", "--doses", "100at0"], "AMT@TIME"),
+        (["--pk", "pk_1c_iv", "--params", "CL=5,V=50", "--doses", "-5@0"], "non-negative"),
+        (["--pk", "pk_1c_iv", "--params", "CL=5,V=50", "--times", "0,-1"], "--times"),
+    ],
+)
+def test_simulate_bad_input_gives_specific_error(tmp_path: Path, args, message):
+    base = {"--params": "CL=5,V=50", "--doses": "100@0", "--times": "0,1"}
+    full = list(args)
+    for k, v in base.items():
+        if k not in full:
+            full += [k, v]
+    res = cli("simulate", *full, "--out", str(tmp_path / "x.csv"))
+    assert res.returncode == 1
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_example_writes_the_bundled_study_and_truth(tmp_path: Path):
+    res = cli("example", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    df = pl.read_csv(tmp_path / "study.csv")
+    truth = json.loads((tmp_path / "truth.json").read_text())
+    assert df["ID"].n_unique() == 48
+    assert set(truth["population"]) == set(EXPECTED["pk_2c_iv_infusion"] + EXPECTED["pd_indirect_inhib_kin"])
+    for key in ("covariates", "omega", "residual", "seed"):
+        assert key in truth
+
+
+def test_validate_ok_and_bad(tmp_path: Path):
+    cli("example", "--out", str(tmp_path))
+    res = cli("validate", str(tmp_path / "study.csv"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("48 subjects, 504 doses, 864 observations (DVID 1: 288, DVID 2: 576)")
+    lines = (tmp_path / "study.csv").read_text().splitlines()
+    fields = lines[5].split(",")
+    fields[1] = "-3"  # negative TIME in data row 5
+    lines[5] = ",".join(fields)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    res = cli("validate", str(bad))
+    assert res.returncode == 1
+    assert "row 5, column TIME" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_run_summarises_the_bundled_study(tmp_path: Path):
+    res = cli("run", "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n_subjects"] == 48
+    assert {c["dose"]: c["subjects"] for c in summary["cohorts"]} == {0.0: 12, 1.0: 12, 3.0: 12, 10.0: 12}
+    assert sum(c["conc_obs"] > 0 for c in summary["cohorts"]) == 3  # placebo has no PK
+    assert (tmp_path / "data_overview.png").stat().st_size > 10_000
