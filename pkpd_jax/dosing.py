@@ -151,7 +151,7 @@ class Regimen(eqx.Module):
                 continue
             try:
                 amt_s, rest = item.split("@")
-                time_s, dur_s = (rest.split(":") + ["0"])[:2] if ":" in rest else (rest, "0")
+                time_s, dur_s = rest.split(":") if ":" in rest else (rest, "0")
                 amounts.append(float(amt_s))
                 times.append(float(time_s))
                 durs.append(float(dur_s))

@@ -1,0 +1,162 @@
+"""Sharded and chunked population simulation give the same numbers as one plain batch.
+
+The sharded run needs several devices, and XLA fixes the number of host (CPU) devices when the
+backend starts, so it runs in a subprocess with
+``XLA_FLAGS=--xla_force_host_platform_device_count=4``: 103 subjects (not divisible by 4), one
+regimen and time grid per subject, `shard=True` vs `shard=False`, and checks inside the script
+that the batch really was laid out over the 4 devices.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pkpd_jax.dosing import Regimen
+from pkpd_jax.models import get_model
+from pkpd_jax.simulate import simulate_population
+
+
+# Sharded / chunked vs one batch: the same per-subject float operations.
+SAME_ATOL = 1e-12
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SCRIPT = r"""
+import json
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import pkpd_jax.simulate as S
+from pkpd_jax.dosing import Regimen
+from pkpd_jax.models import get_model
+
+assert jax.config.jax_enable_x64, "run with JAX_ENABLE_X64=1"
+assert jax.device_count() == 4 and len(jax.devices()) == 4, jax.devices()
+
+N = 103
+model = get_model("pk_2c_oral", "pd_indirect_stim_kout")
+rng = np.random.default_rng(0)
+loc = np.array([p.prior_loc for p in model.params])
+sd = np.array([p.log_sd for p in model.params])
+theta = jnp.asarray(np.exp(loc + sd * np.clip(rng.standard_normal((N, loc.size)), -1.5, 1.5)))
+regimen = Regimen(
+    time=jnp.asarray(np.sort(rng.uniform(0.0, 24.0, (N, 3)), axis=1)),
+    amount=jnp.asarray(rng.uniform(10.0, 200.0, (N, 3))),
+    duration=jnp.asarray(np.where(rng.random((N, 3)) < 0.5, 0.0, 1.5)),
+    cmt=-jnp.ones((N, 3), int),
+)
+ts = jnp.asarray(rng.uniform(0.0, 48.0, (N, 8)))
+
+# Record how the library lays out each compiled batch (inputs and outputs, before slicing).
+layout = []
+batch = S._simulate_batch
+
+
+def spy(model, theta, regimen, ts, y0, t0, config):
+    sol = batch(model, theta, regimen, ts, y0, t0, config)
+    layout.append({
+        "rows": int(theta.shape[0]),
+        "theta_devices": len(theta.sharding.device_set),
+        "ts_devices": len(ts.sharding.device_set),
+        "out_devices": len(sol.conc.sharding.device_set),
+    })
+    return sol
+
+
+S._simulate_batch = spy
+sharded = S.simulate_population(model, theta, regimen, ts, shard=True)
+layout_sharded, layout = layout, []
+plain = S.simulate_population(model, theta, regimen, ts, shard=False)
+layout_plain, layout = layout, []
+chunked = S.simulate_population(model, theta, regimen, ts, shard=True, chunk_size=30)
+layout_chunked = layout
+S._simulate_batch = batch
+
+# The library's own placement helper spreads a padded batch over the 4 devices.
+placed = S._shard(jnp.concatenate([theta, theta[-1:]]), 4)
+assert len(placed.sharding.device_set) == 4
+
+def maxdiff(a, b):
+    return max(float(jnp.max(jnp.abs(getattr(a, f) - getattr(b, f))))
+               for f in ("states", "conc", "resp", "ts"))
+
+print(json.dumps({
+    "devices": jax.device_count(),
+    "shape": list(sharded.conc.shape),
+    "status": [int(np.max(s.status)) for s in (sharded, plain, chunked)],
+    "diff_sharded": maxdiff(sharded, plain),
+    "diff_chunked": maxdiff(chunked, plain),
+    "finite": bool(np.all(np.isfinite(np.asarray(sharded.resp)))),
+    "range_conc": float(jnp.max(plain.conc)),
+    "layout_sharded": layout_sharded,
+    "layout_plain": layout_plain,
+    "layout_chunked": layout_chunked,
+}))
+"""
+
+
+def test_sharded_population_equals_unsharded_on_four_devices():
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_ENABLE_X64": "1",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    assert out["shape"] == [103, 8]
+    assert out["status"] == [0, 0, 0]
+    assert out["finite"] and out["range_conc"] > 0
+    assert out["diff_sharded"] <= SAME_ATOL
+    assert out["diff_chunked"] <= SAME_ATOL
+    # shard=True: one batch of 104 rows (103 padded to a multiple of 4) over all 4 devices.
+    assert out["layout_sharded"] == [
+        {"rows": 104, "theta_devices": 4, "ts_devices": 4, "out_devices": 4}
+    ]
+    # shard=False: one batch of 103 rows on a single device.
+    assert out["layout_plain"] == [
+        {"rows": 103, "theta_devices": 1, "ts_devices": 1, "out_devices": 1}
+    ]
+    # chunk_size=30 rounds up to 32 per chunk (4 devices): 4 chunks, all sharded.
+    assert out["layout_chunked"] == [
+        {"rows": 32, "theta_devices": 4, "ts_devices": 4, "out_devices": 4}
+    ] * 4
+
+
+def test_chunked_population_equals_one_chunk():
+    """In-process (however many devices): chunks of 10 over 23 subjects = one batch of 23."""
+    model = get_model("pk_1c_oral", "pd_direct_emax")
+    rng = np.random.default_rng(1)
+    n = 23
+    base = np.asarray(model.pack(model.prior_medians()))
+    theta = jnp.asarray(base * rng.uniform(0.6, 1.6, (n, base.size)))
+    regimen = Regimen.make([0.0, 12.0], [100.0, 50.0], [0.0, 2.0])
+    ts = jnp.asarray(rng.uniform(0.0, 36.0, (n, 6)))
+    calls = []
+    whole = simulate_population(model, theta, regimen, ts)
+    chunked = simulate_population(model, theta, regimen, ts, chunk_size=10,
+                                  progress=lambda done, total: calls.append((done, total)))
+    n_dev = jax.device_count()
+    size = -(-10 // n_dev) * n_dev
+    assert calls == [(min(hi, n), n) for hi in range(size, n + size, size)][: len(calls)]
+    assert calls[-1] == (n, n)
+    for field in ("states", "conc", "resp"):
+        np.testing.assert_allclose(getattr(chunked, field), getattr(whole, field), rtol=0,
+                                   atol=SAME_ATOL, err_msg=field)
+    np.testing.assert_array_equal(chunked.status, 0)
+    assert chunked.conc.shape == (n, 6) and float(jnp.max(whole.resp)) > float(jnp.min(whole.resp))
