@@ -1,0 +1,248 @@
+r"""Quantum-inspired Hamiltonian Monte Carlo (QHMC), as a blackjax-style kernel.
+
+QHMC (Liu & Zhang 2019, *Quantum-Inspired Hamiltonian Monte Carlo for Bayesian Sampling*,
+arXiv:1912.01937) is HMC whose mass is a random variable. At every iteration a diagonal mass
+is drawn, independently of the position, from a log-normal around an adapted centre
+:math:`m_c` with spread :math:`s`,
+
+.. math::
+
+    \log m = \log m_c + s\,\xi, \qquad \xi \sim \mathcal N(0, I_d),
+
+and one ordinary HMC transition is made with that mass: momentum :math:`p \sim \mathcal N(0,
+\operatorname{diag} m)`, ``num_integration_steps`` leapfrog steps of size :math:`\epsilon` for
+:math:`H(\theta, p) = -\log \pi(\theta) + \tfrac12 p^\top \operatorname{diag}(m)^{-1} p`,
+then a Metropolis-Hastings accept/reject on :math:`\Delta H`.
+
+Why it is exact. For a *fixed* mass the HMC transition :math:`K_m` leaves :math:`\pi` invariant
+(volume-preserving, time-reversible integrator + MH). Drawing :math:`m` from a distribution that
+does not depend on :math:`\theta` makes one QHMC iteration the mixture :math:`K = \int K_m\,
+P(dm)`, and a mixture of :math:`\pi`-invariant kernels is :math:`\pi`-invariant. No Jacobian or
+extra acceptance term is needed (the mass is *not* a state variable that is carried over).
+
+Why it helps. In a direction of posterior scale :math:`\sigma` the leapfrog dynamics oscillate
+at frequency :math:`1/(\sigma\sqrt m)`; with :math:`m_c = 1/\sigma^2` this is
+:math:`e^{-s\xi/2}` in whitened units. A random mass therefore randomises the effective
+integration time per coordinate (suppressing the periodicity of fixed-length HMC) and lets
+occasional heavy/light masses explore directions whose local scale differs from the adapted
+one (e.g. the neck and the mouth of a funnel), which is the paper's motivation.
+With ``log_mass_sd = 0`` the kernel *is* plain HMC (see below).
+
+This module follows blackjax's algorithm layout (``blackjax.mcmc.hmc``):
+
+- :class:`QHMCState` -- an alias of ``blackjax.mcmc.hmc.HMCState`` (position, logdensity,
+  gradient); nothing about the mass is carried between iterations.
+- :class:`QHMCInfo` -- per-transition diagnostics, including the drawn ``log_mass``.
+- :func:`init` ``(position, logdensity_fn)``.
+- :func:`build_kernel` ``(integrator, divergence_threshold, xi_clip=None)`` returning the pure
+  ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_center, log_mass_sd,
+  num_integration_steps)``. It draws the mass and calls ``blackjax.mcmc.hmc.build_kernel``'s
+  kernel with the inverse mass matrix ``1/m``; the leapfrog integration, momentum draw,
+  divergence check and MH step are blackjax's own. ``xi_clip`` optionally truncates ``ξ`` to
+  ``[-xi_clip, xi_clip]`` (still exact: the mass distribution stays position-independent); the
+  sampling driver uses 2 to avoid the rare very light masses that make the leapfrog unstable.
+- :func:`as_top_level_api` -> ``blackjax.SamplingAlgorithm`` (nothing is jitted here).
+
+Key handling: ``rng_key`` is split into ``(key_mass, key_hmc)``; ``key_hmc`` is handed to the
+blackjax HMC kernel unchanged. With ``log_mass_sd = 0`` the inverse mass is exactly
+``inverse_mass_center`` (it is computed as ``inverse_mass_center * exp(-s xi)``), so a QHMC step
+equals ``blackjax.hmc.build_kernel(integrator)(key_hmc, state, ..., inverse_mass_center, L)``
+bit for bit. (When comparing the two under ``jax.jit``, pass the inverse mass as an argument:
+QHMC's drawn inverse mass is always a runtime value, while a closed-over constant lets XLA
+specialise and constant-fold the arithmetic that involves it, which may round differently in
+the last bit.)
+
+``num_integration_steps`` may be a traced integer (blackjax integrates with a
+``lax.fori_loop``), so callers can jitter the path length per iteration; see
+:mod:`pkpd_jax.inference.samplers` for the warm-up (step size, mass centre, path length).
+Because the kernel has the ``(rng_key, state, logdensity_fn, step_size,
+inverse_mass_matrix, **params)`` shape, this module can also be handed to
+``blackjax.window_adaptation(qhmc, logdensity_fn, log_mass_sd=..., num_integration_steps=...)``.
+
+Energy convention: :attr:`QHMCInfo.energy` is the Hamiltonian of the state the kernel
+*returns* (the proposal's if accepted, the starting point's with its fresh momentum if
+rejected), which is what the E-BFMI diagnostic needs. (``HMCInfo.energy`` in blackjax is the
+proposal's energy whether or not it was accepted.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import blackjax
+import blackjax.mcmc.hmc as hmc
+import blackjax.mcmc.integrators as integrators
+import blackjax.mcmc.metrics as metrics
+import jax
+import jax.numpy as jnp
+from blackjax.base import SamplingAlgorithm
+from jax.flatten_util import ravel_pytree
+
+
+__all__ = [
+    "QHMCState",
+    "QHMCInfo",
+    "init",
+    "build_kernel",
+    "as_top_level_api",
+    "draw_inverse_mass",
+]
+
+QHMCState = hmc.HMCState
+
+
+class QHMCInfo(NamedTuple):
+    """Diagnostics of one QHMC transition.
+
+    acceptance_rate
+        Metropolis-Hastings acceptance probability ``min(1, exp(-ΔH))`` of the proposal.
+    is_accepted
+        Whether the proposal was accepted.
+    is_divergent
+        Whether the energy error exceeded ``divergence_threshold``.
+    energy
+        Hamiltonian of the returned state (see the module docstring).
+    num_integration_steps
+        Number of leapfrog steps (= gradient evaluations) of this transition.
+    log_mass
+        The drawn diagonal log-mass ``log m_c + s ξ``, shape ``(d,)``.
+    """
+
+    acceptance_rate: jax.Array
+    is_accepted: jax.Array
+    is_divergent: jax.Array
+    energy: jax.Array
+    num_integration_steps: jax.Array
+    log_mass: jax.Array
+
+
+def init(position, logdensity_fn: Callable) -> QHMCState:
+    """Initial state: the position with its log density and gradient (blackjax's HMC init)."""
+    return hmc.init(position, logdensity_fn)
+
+
+def draw_inverse_mass(rng_key, inverse_mass_center, log_mass_sd, xi_clip: float | None = None):
+    """Draw ``1/m`` with ``log m = log m_c + s ξ``, ``m_c = 1 / inverse_mass_center``.
+
+    ``ξ ~ N(0, I)``, or truncated to ``[-xi_clip, xi_clip]`` when ``xi_clip`` is given.
+    Returns ``(inverse_mass, log_mass)``; with ``log_mass_sd == 0`` the inverse mass equals
+    ``inverse_mass_center`` exactly.
+    """
+    inverse_mass_center = jnp.asarray(inverse_mass_center)
+    shape, dtype = inverse_mass_center.shape, inverse_mass_center.dtype
+    if xi_clip is None:
+        xi = jax.random.normal(rng_key, shape, dtype)
+    else:
+        xi = jax.random.truncated_normal(rng_key, -xi_clip, xi_clip, shape, dtype)
+    scaled = log_mass_sd * xi
+    inverse_mass = inverse_mass_center * jnp.exp(-scaled)
+    log_mass = scaled - jnp.log(inverse_mass_center)
+    return inverse_mass, log_mass
+
+
+def build_kernel(
+    integrator: Callable = integrators.velocity_verlet,
+    divergence_threshold: float = 1000,
+    xi_clip: float | None = None,
+) -> Callable:
+    """Build the QHMC transition kernel.
+
+    Parameters
+    ----------
+    integrator
+        Symplectic integrator passed to ``blackjax.mcmc.hmc.build_kernel``.
+    divergence_threshold
+        Energy error above which a transition is flagged divergent.
+    xi_clip
+        ``None`` (default): ``ξ ~ N(0, I)`` as in the paper; a positive number truncates ``ξ``
+        to ``[-xi_clip, xi_clip]``.
+
+    Returns
+    -------
+    ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_center, log_mass_sd,
+    num_integration_steps) -> (QHMCState, QHMCInfo)``, a pure function (not jitted).
+    ``inverse_mass_center`` is the diagonal ``1/m_c`` as a flat ``(d,)`` array (``d`` = size of
+    the raveled position); ``log_mass_sd`` is the spread ``s >= 0`` of the log-mass.
+    """
+    hmc_kernel = hmc.build_kernel(integrator=integrator, divergence_threshold=divergence_threshold)
+
+    def kernel(
+        rng_key,
+        state: QHMCState,
+        logdensity_fn: Callable,
+        step_size,
+        inverse_mass_center,
+        log_mass_sd,
+        num_integration_steps,
+    ) -> tuple[QHMCState, QHMCInfo]:
+        inverse_mass_center = jnp.asarray(inverse_mass_center)
+        flat_position, _ = ravel_pytree(state.position)
+        if inverse_mass_center.shape != flat_position.shape:
+            raise ValueError(
+                "qhmc: inverse_mass_center must be a diagonal of shape "
+                f"{flat_position.shape} (the raveled position), got shape {inverse_mass_center.shape}"
+            )
+        key_mass, key_hmc = jax.random.split(rng_key)
+        inverse_mass, log_mass = draw_inverse_mass(
+            key_mass, inverse_mass_center, log_mass_sd, xi_clip
+        )
+        new_state, hmc_info = hmc_kernel(
+            key_hmc, state, logdensity_fn, step_size, inverse_mass, num_integration_steps
+        )
+        # Hamiltonian at the starting point with the freshly drawn momentum.
+        kinetic = metrics.default_metric(inverse_mass).kinetic_energy(hmc_info.momentum)
+        initial_energy = -state.logdensity + kinetic
+        energy = jnp.where(hmc_info.is_accepted, hmc_info.energy, initial_energy)
+        info = QHMCInfo(
+            acceptance_rate=hmc_info.acceptance_rate,
+            is_accepted=hmc_info.is_accepted,
+            is_divergent=hmc_info.is_divergent,
+            energy=energy,
+            num_integration_steps=jnp.asarray(num_integration_steps),
+            log_mass=log_mass,
+        )
+        return new_state, info
+
+    return kernel
+
+
+def as_top_level_api(
+    logdensity_fn: Callable,
+    step_size: float,
+    inverse_mass_center,
+    log_mass_sd: float = 0.5,
+    num_integration_steps: int = 10,
+    *,
+    divergence_threshold: float = 1000,
+    integrator: Callable = integrators.velocity_verlet,
+    xi_clip: float | None = None,
+) -> SamplingAlgorithm:
+    """QHMC with fixed parameters as a ``blackjax.SamplingAlgorithm`` (``init``, ``step``).
+
+    Example::
+
+        alg = qhmc.as_top_level_api(logdensity_fn, 0.3, jnp.ones(d), log_mass_sd=0.5,
+                                    num_integration_steps=8)
+        state = alg.init(x0)
+        state, info = jax.jit(alg.step)(key, state)
+    """
+    if log_mass_sd < 0:
+        raise ValueError(f"qhmc: log_mass_sd must be >= 0, got {log_mass_sd}")
+    kernel = build_kernel(integrator, divergence_threshold, xi_clip)
+
+    def init_fn(position, rng_key=None):
+        del rng_key
+        return init(position, logdensity_fn)
+
+    def step_fn(rng_key, state):
+        return kernel(
+            rng_key,
+            state,
+            logdensity_fn,
+            step_size,
+            inverse_mass_center,
+            log_mass_sd,
+            num_integration_steps,
+        )
+
+    return blackjax.base.SamplingAlgorithm(init_fn, step_fn)

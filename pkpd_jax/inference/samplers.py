@@ -1,0 +1,719 @@
+r"""Warm-up and multi-chain sampling driver for QHMC and NUTS.
+
+:func:`sample` runs ``C`` chains in parallel (``jax.vmap``) on a flat log density
+``logdensity_fn(x) -> scalar`` with ``x`` of shape ``(dim,)`` (callers ravel pytrees themselves,
+e.g. with ``jax.flatten_util.ravel_pytree``), and returns an :class:`MCMCResult` of numpy arrays.
+
+Samplers
+--------
+``"nuts"`` (the reference)
+    ``blackjax.window_adaptation(blackjax.nuts, ...)`` per chain (vmapped): Stan's windowed
+    warm-up (initial fast window 75, doubling slow windows from 25, final fast window 50, scaled
+    down for short warm-ups), dual averaging of the step size at ``target_acceptance_rate``
+    (default 0.8) and a diagonal inverse mass matrix from the windowed Welford variances; then
+    ``blackjax.nuts`` (multinomial NUTS, ``max_num_doublings`` 10).
+
+``"qhmc"`` (:mod:`pkpd_jax.inference.qhmc`, the default)
+    Warm-up, per chain (vmapped), in one ``lax.scan`` over Stan's window schedule
+    (``blackjax.adaptation.window_adaptation.build_schedule``) with blackjax's building blocks:
+
+    * **step size**: ``blackjax.adaptation.step_size.dual_averaging_adaptation`` at
+      ``target_acceptance_rate`` (default 0.8), fed with the acceptance probability of the QHMC
+      transitions themselves, i.e. *under the mass jitter and the path-length jitter* (a light
+      drawn mass makes stiff directions less stable, so the step size has to be tuned with the
+      jitter switched on). Restarted at the averaged value after every slow window, as Stan does.
+    * **mass centre**: ``blackjax.adaptation.mass_matrix.mass_matrix_adaptation`` (diagonal
+      Welford estimate of the variances in each slow window, Stan's shrinkage towards 1e-3);
+      ``inverse_mass_center = var``, i.e. :math:`m_c = 1/\widehat{\operatorname{var}}`.
+    * **path length** (integration time :math:`T`): the *quarter-period rule*. In the metric
+      :math:`D = \operatorname{diag}(\text{inverse\_mass\_center})` a Gaussian direction of
+      whitened variance :math:`\lambda` oscillates with period :math:`2\pi\sqrt\lambda`; a
+      quarter turn :math:`T = \tfrac\pi2\sqrt\lambda` maps the position to an independent one.
+      We take :math:`T = \tfrac\pi2\sqrt{\max(\lambda_{\max}, 1)}`, with :math:`\lambda_{\max}`
+      the top eigenvalue of :math:`D^{-1/2}\,\widehat\Sigma\,D^{-1/2}` (the posterior covariance in
+      the adapted metric: 1 for an uncorrelated target, :math:`1+\rho` for a correlated pair).
+      :math:`\lambda_{\max}` is estimated in :math:`O(k d)` memory by ``k = num_probes`` (4)
+      generalized power iterations :math:`u \leftarrow D^{-1}\widehat\Sigma u`, one per slow
+      window, using the Rayleigh quotient :math:`u^\top\widehat\Sigma u / u^\top D u` (a lower
+      bound of :math:`\lambda_{\max}`; unbiased for the fixed ``u`` chosen before the window's
+      draws). The same rule is used by blackjax's ChEES adaptation as a floor of the ChEES
+      trajectory length; we use it on its own because ChEES needs many chains (its cross-chain
+      gradient is noisy with the 4 chains typical here) and it tunes a single step size for all
+      chains. Directions with :math:`\lambda < \lambda_{\max}` are de-phased by the jitter.
+      Before the first slow window :math:`T = \pi/2`.
+    * **jitter**: every iteration uses ``L = ceil(u T / eps)`` leapfrog steps with
+      ``u ~ Uniform[1 - step_jitter, 1 + step_jitter]`` (default 0.5, i.e. ``[L/2, 3L/2]``),
+      clipped to ``[1, max_num_steps]`` (default 1000), against the periodicity of fixed-length
+      HMC. The mass spread ``log_mass_sd`` (default 0.5, with ``ξ`` truncated to ``[-2, 2]``
+      (``xi_clip``), so the drawn masses are within a factor ``e^{±1} ≈ 2.7`` of the centre) adds
+      a per-coordinate jitter of the oscillation frequencies on top. Without the truncation the
+      rare very light masses (``ξ < -3``) make the leapfrog unstable at the adapted step size and
+      show up as divergences even on a Gaussian target; truncating keeps the kernel exact (any
+      position-independent mass distribution does). On the benchmark targets (correlated
+      Gaussian, mild funnel) the mass jitter neither helps nor hurts ESS per gradient much
+      compared with ``log_mass_sd=0`` (jittered HMC); it is meant for multi-scale posteriors.
+
+    Sampling then uses the final (averaged) step size, mass centre and :math:`T`, fixed.
+
+Options (``**sampler_options``): see :class:`QHMCOptions` and :class:`NUTSOptions`.
+
+Driver
+------
+Warm-up is one jitted call (``jax.vmap`` over chains). Sampling runs as a ``lax.scan`` of
+``max(1, chunk // thin)`` kept draws per jitted call; a ``rich`` progress bar is advanced
+between calls, and a ``KeyboardInterrupt`` stops the run and returns the draws made so far with
+``interrupted=True``. Iteration ``i`` of the sampling phase uses the key
+``fold_in(key_sample, i)`` split over chains, so the draws do not depend on ``chunk``, and with
+``thin = t`` the kept draws are iterations ``t-1, 2t-1, ...`` of the un-thinned run. The jitted
+functions take ``logdensity_fn`` as a static argument, so calling :func:`sample` again with the
+*same function object* and shapes re-uses the compiled code (different seeds included).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import blackjax
+import blackjax.mcmc.integrators as integrators
+import jax
+import jax.numpy as jnp
+import numpy as np
+from blackjax.adaptation.base import get_filter_adapt_info_fn
+from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
+from blackjax.adaptation.step_size import dual_averaging_adaptation
+from blackjax.adaptation.window_adaptation import build_schedule
+
+from pkpd_jax.inference import qhmc
+
+
+__all__ = ["MCMCResult", "QHMCOptions", "NUTSOptions", "SAMPLERS", "sample"]
+
+SAMPLERS = ("qhmc", "nuts")
+
+
+class MCMCResult(NamedTuple):
+    """Draws and per-draw statistics of :func:`sample` (numpy arrays).
+
+    draws
+        ``(chains, draws, dim)`` kept positions.
+    logdensity
+        ``(chains, draws)`` log density at the kept positions.
+    divergent
+        ``(chains, draws)`` bool: a divergent transition occurred in the ``thin`` iterations
+        leading to the draw.
+    acceptance
+        ``(chains, draws)`` mean acceptance probability over those iterations (NUTS: blackjax's
+        average acceptance probability over the trajectory).
+    energy
+        ``(chains, draws)`` Hamiltonian at the kept draw (for E-BFMI).
+    step_size
+        ``(chains,)`` adapted step sizes.
+    num_integration_steps
+        ``(chains, draws)`` leapfrog steps (gradient evaluations) spent per kept draw, i.e.
+        summed over the ``thin`` iterations.
+    inverse_mass_matrix
+        ``(chains, dim)`` adapted diagonal inverse mass (QHMC: the centre ``1/m_c``).
+    trajectory_length
+        ``(chains,)`` QHMC integration time ``T`` (NaN for NUTS).
+    sampler, num_warmup, thin, seed
+        The settings of the run.
+    wall_s
+        Wall time of the whole call (warm-up, compilation and sampling).
+    warmup_s
+        Wall time of the warm-up (including its compilation).
+    interrupted
+        True when a ``KeyboardInterrupt`` stopped the run; the arrays hold the draws made so far.
+    """
+
+    draws: np.ndarray
+    logdensity: np.ndarray
+    divergent: np.ndarray
+    acceptance: np.ndarray
+    energy: np.ndarray
+    step_size: np.ndarray
+    num_integration_steps: np.ndarray
+    inverse_mass_matrix: np.ndarray
+    trajectory_length: np.ndarray
+    sampler: str
+    num_warmup: int
+    thin: int
+    seed: int
+    wall_s: float
+    warmup_s: float
+    interrupted: bool
+
+    @property
+    def num_chains(self) -> int:
+        return int(self.draws.shape[0])
+
+    @property
+    def num_draws(self) -> int:
+        return int(self.draws.shape[1])
+
+
+@dataclasses.dataclass(frozen=True)
+class QHMCOptions:
+    """Options of ``sample(..., sampler="qhmc", **options)``.
+
+    log_mass_sd
+        Spread ``s`` of the log-normal mass, ``log m = log m_c + s ξ`` (0 gives plain HMC).
+    target_acceptance_rate
+        Dual-averaging target for the mean acceptance probability during warm-up.
+    step_jitter
+        Half-width ``j`` of the path-length jitter: ``L = ceil(u T/eps)``, ``u ~ U[1-j, 1+j]``.
+    trajectory_length
+        Fixed integration time ``T`` (units of the adapted metric) instead of the quarter-period
+        rule; ``None`` adapts it.
+    num_integration_steps
+        Fixed number of leapfrog steps (no jitter, overrides ``trajectory_length``); ``None``
+        derives it from ``T`` and the step size.
+    max_num_steps
+        Upper bound on leapfrog steps per iteration.
+    initial_step_size
+        Starting point of dual averaging (and the step size if ``num_warmup == 0``).
+    num_probes
+        Number of power-iteration probe vectors for the path-length rule.
+    divergence_threshold
+        Energy error flagged as a divergence.
+    integrator
+        A blackjax integrator (``blackjax.mcmc.integrators.velocity_verlet`` by default).
+    xi_clip
+        Truncate ``ξ`` to ``[-xi_clip, xi_clip]`` (default 2; ``None``: untruncated normal).
+        Any position-independent mass distribution keeps the kernel exact; the truncation stops
+        the rare very light masses that make the leapfrog unstable at the adapted step size (they
+        show up as divergences even on a Gaussian).
+    """
+
+    log_mass_sd: float = 0.5
+    target_acceptance_rate: float = 0.8
+    step_jitter: float = 0.5
+    trajectory_length: float | None = None
+    num_integration_steps: int | None = None
+    max_num_steps: int = 1000
+    initial_step_size: float = 1.0
+    num_probes: int = 4
+    divergence_threshold: float = 1000.0
+    integrator: Callable = integrators.velocity_verlet
+    xi_clip: float | None = 2.0
+
+    def __post_init__(self):
+        _check(self.log_mass_sd >= 0, "log_mass_sd", ">= 0", self.log_mass_sd)
+        _check(0 < self.target_acceptance_rate < 1, "target_acceptance_rate", "in (0, 1)",
+               self.target_acceptance_rate)
+        _check(0 <= self.step_jitter < 1, "step_jitter", "in [0, 1)", self.step_jitter)
+        _check(self.trajectory_length is None or self.trajectory_length > 0, "trajectory_length",
+               "None or > 0", self.trajectory_length)
+        _check(self.num_integration_steps is None or self.num_integration_steps >= 1,
+               "num_integration_steps", "None or an integer >= 1", self.num_integration_steps)
+        _check(self.max_num_steps >= 1, "max_num_steps", "an integer >= 1", self.max_num_steps)
+        _check(self.initial_step_size > 0, "initial_step_size", "> 0", self.initial_step_size)
+        _check(self.num_probes >= 1, "num_probes", "an integer >= 1", self.num_probes)
+        _check(self.divergence_threshold > 0, "divergence_threshold", "> 0",
+               self.divergence_threshold)
+        _check(self.xi_clip is None or self.xi_clip > 0, "xi_clip", "None or > 0", self.xi_clip)
+
+
+@dataclasses.dataclass(frozen=True)
+class NUTSOptions:
+    """Options of ``sample(..., sampler="nuts", **options)``.
+
+    target_acceptance_rate
+        Dual-averaging target during ``blackjax.window_adaptation``.
+    max_num_doublings
+        Maximum tree depth of NUTS.
+    initial_step_size
+        Starting point of dual averaging (and the step size if ``num_warmup == 0``).
+    divergence_threshold
+        Energy error flagged as a divergence (sampling phase).
+    integrator
+        A blackjax integrator.
+    """
+
+    target_acceptance_rate: float = 0.8
+    max_num_doublings: int = 10
+    initial_step_size: float = 1.0
+    divergence_threshold: float = 1000.0
+    integrator: Callable = integrators.velocity_verlet
+
+    def __post_init__(self):
+        _check(0 < self.target_acceptance_rate < 1, "target_acceptance_rate", "in (0, 1)",
+               self.target_acceptance_rate)
+        _check(self.max_num_doublings >= 1, "max_num_doublings", "an integer >= 1",
+               self.max_num_doublings)
+        _check(self.initial_step_size > 0, "initial_step_size", "> 0", self.initial_step_size)
+        _check(self.divergence_threshold > 0, "divergence_threshold", "> 0",
+               self.divergence_threshold)
+
+
+def _check(ok: bool, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ValueError(f"sampler option {name} must be {expected}, got {got!r}")
+
+
+_OPTIONS = {"qhmc": QHMCOptions, "nuts": NUTSOptions}
+
+
+class _StaticFn:
+    """Hashable-by-identity wrapper so that ``logdensity_fn`` can be a static jit argument
+    (cache hits for the same function object, even if the function itself is unhashable)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __hash__(self) -> int:
+        return hash(id(self.fn))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _StaticFn) and other.fn is self.fn
+
+    def __call__(self, x):
+        return self.fn(x)
+
+
+# --------------------------------------------------------------------------------------- QHMC
+class _QHMCParams(NamedTuple):
+    step_size: jax.Array
+    inverse_mass: jax.Array
+    trajectory_length: jax.Array
+
+
+class _QHMCWarmup(NamedTuple):
+    states: qhmc.QHMCState  # (C, ...) one per chain
+    da: Any  # shared dual-averaging state
+    mm: Any  # pooled diagonal Welford state
+    step_size: jax.Array
+    inverse_mass: jax.Array  # (d,)
+    trajectory_length: jax.Array
+    probes: jax.Array  # (k, d) power-iteration vectors u
+    probe_acc: jax.Array  # (k, d) sum over the window and chains of (y . u) y, y = x - shift
+    sum_y: jax.Array  # (d,)
+    shift: jax.Array  # (d,) mean position at the window's first slow iteration (centring)
+    count: jax.Array
+
+
+def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size):
+    """Leapfrog steps of one iteration: ``ceil(u T / eps)``, ``u ~ U[1-j, 1+j]``, clipped."""
+    if opts.num_integration_steps is not None:
+        return jnp.asarray(opts.num_integration_steps, dtype=jnp.int32)
+    j = opts.step_jitter
+    u = jax.random.uniform(key, (), dtype=jnp.result_type(step_size), minval=1 - j, maxval=1 + j)
+    n = jnp.ceil(u * trajectory_length / step_size)
+    n = jnp.nan_to_num(n, nan=1.0, posinf=float(opts.max_num_steps))
+    return jnp.clip(n, 1, opts.max_num_steps).astype(jnp.int32)
+
+
+def _qhmc_transition(logdensity_fn, opts: QHMCOptions, key, state, params: _QHMCParams):
+    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
+    key_steps, key_kernel = jax.random.split(key)
+    n = _qhmc_num_steps(key_steps, opts, params.trajectory_length, params.step_size)
+    state, info = kernel(
+        key_kernel, state, logdensity_fn, params.step_size, params.inverse_mass, opts.log_mass_sd, n
+    )
+    return state, (info.acceptance_rate, info.is_divergent, info.energy, n)
+
+
+def _qhmc_warmup(logdensity_fn, opts: QHMCOptions, num_warmup: int, key, positions):
+    """Cross-chain QHMC warm-up (see the module docstring): one ``lax.scan`` over Stan's window
+    schedule, chains vmapped inside, step size / mass centre / path length shared and estimated
+    from all chains. Returns the chain states and per-chain (broadcast) ``_QHMCParams``."""
+    num_chains, d = positions.shape
+    dtype = positions.dtype
+    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
+    da_init, da_update, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
+    mm_init, mm_update, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
+    fixed_t = opts.trajectory_length
+    t0 = jnp.asarray(math.pi / 2 if fixed_t is None else fixed_t, dtype)
+    eps0 = jnp.asarray(opts.initial_step_size, dtype)
+    states = jax.vmap(lambda x: qhmc.init(x, logdensity_fn))(positions)
+
+    def broadcast(step_size, inverse_mass, trajectory_length):
+        return _QHMCParams(
+            jnp.broadcast_to(step_size, (num_chains,)),
+            jnp.broadcast_to(inverse_mass, (num_chains, d)),
+            jnp.broadcast_to(trajectory_length, (num_chains,)),
+        )
+
+    if num_warmup == 0:
+        return states, broadcast(eps0, jnp.ones(d, dtype), t0)
+
+    key_probe, key_scan = jax.random.split(key)
+    k = min(opts.num_probes, d)
+    probes = jax.random.normal(key_probe, (k, d), dtype)
+    probes = probes / jnp.linalg.norm(probes, axis=1, keepdims=True)
+    as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
+    mm = mm_init(d)
+    carry = _QHMCWarmup(
+        states=states,
+        da=as_dtype(da_init(eps0)),
+        mm=as_dtype(mm),
+        step_size=eps0,
+        inverse_mass=jnp.asarray(mm.inverse_mass_matrix, dtype),
+        trajectory_length=t0,
+        probes=probes,
+        probe_acc=jnp.zeros((k, d), dtype),
+        sum_y=jnp.zeros(d, dtype),
+        shift=jnp.mean(positions, axis=0),
+        count=jnp.zeros((), dtype),
+    )
+
+    def end_window(c: _QHMCWarmup) -> _QHMCWarmup:
+        mm = as_dtype(mm_final(c.mm))
+        imm = mm.inverse_mass_matrix
+        n = jnp.maximum(c.count, 1.0)
+        mean_y = c.sum_y / n
+        cov_u = c.probe_acc / n - (c.probes @ mean_y)[:, None] * mean_y[None, :]  # Σ̂ u, (k, d)
+        rayleigh = jnp.sum(c.probes * cov_u, axis=1) / jnp.sum(c.probes**2 * imm, axis=1)
+        lam = jnp.max(jnp.where(jnp.isfinite(rayleigh), rayleigh, 0.0))
+        if fixed_t is None:
+            t_new = (math.pi / 2) * jnp.sqrt(jnp.maximum(lam, 1.0))
+        else:
+            t_new = c.trajectory_length
+        new_probes = cov_u / imm
+        norms = jnp.linalg.norm(new_probes, axis=1, keepdims=True)
+        good = jnp.isfinite(norms) & (norms > 0)
+        new_probes = jnp.where(good, new_probes / jnp.where(good, norms, 1.0), c.probes)
+        da = as_dtype(da_init(da_final(c.da)))
+        return c._replace(
+            mm=mm,
+            da=da,
+            step_size=jnp.exp(da.log_step_size),
+            inverse_mass=imm,
+            trajectory_length=t_new.astype(dtype),
+            probes=new_probes,
+            probe_acc=jnp.zeros_like(c.probe_acc),
+            sum_y=jnp.zeros_like(c.sum_y),
+            count=jnp.zeros_like(c.count),
+        )
+
+    def chain_step(c: _QHMCWarmup, key, state):
+        key_steps, key_kernel = jax.random.split(key)
+        n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size)
+        state, info = kernel(
+            key_kernel, state, logdensity_fn, c.step_size, c.inverse_mass, opts.log_mass_sd, n
+        )
+        acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
+        return state, acc
+
+    def one_step(c: _QHMCWarmup, xs):
+        key, stage, window_end = xs
+        keys = jax.random.split(key, num_chains)
+        states, acc = jax.vmap(partial(chain_step, c))(keys, c.states)
+        da = da_update(c.da, jnp.mean(acc))
+        slow = stage == 1
+        x = states.position  # (C, d)
+
+        def pooled_update(m):
+            return jax.lax.scan(lambda m_, xi: (mm_update(m_, xi), None), m, x)[0]
+
+        mm = as_dtype(jax.lax.cond(slow, pooled_update, lambda m: m, c.mm))
+        shift = jnp.where(c.count == 0, jnp.mean(x, axis=0), c.shift)
+        y = x - shift
+        w = jnp.where(slow, 1.0, 0.0).astype(dtype)
+        c = c._replace(
+            states=states,
+            da=da,
+            mm=mm,
+            step_size=jnp.exp(da.log_step_size).astype(dtype),
+            probe_acc=c.probe_acc + w * jnp.einsum("ck,cd->kd", y @ c.probes.T, y),
+            sum_y=c.sum_y + w * jnp.sum(y, axis=0),
+            shift=jnp.where(slow, shift, c.shift),
+            count=c.count + w * num_chains,
+        )
+        ended = end_window(c)
+        c = jax.tree.map(lambda a, b: jnp.where(window_end, a, b), ended, c)
+        return c, None
+
+    schedule = build_schedule(num_warmup)
+    keys = jax.random.split(key_scan, num_warmup)
+    carry, _ = jax.lax.scan(one_step, carry, (keys, schedule[:, 0], schedule[:, 1].astype(bool)))
+    step_size = da_final(carry.da).astype(dtype)
+    return carry.states, broadcast(step_size, carry.inverse_mass, carry.trajectory_length)
+
+
+# --------------------------------------------------------------------------------------- NUTS
+class _NUTSParams(NamedTuple):
+    step_size: jax.Array
+    inverse_mass: jax.Array
+
+
+def _nuts_transition(logdensity_fn, opts: NUTSOptions, key, state, params: _NUTSParams):
+    kernel = blackjax.nuts.build_kernel(opts.integrator, opts.divergence_threshold)
+    state, info = kernel(
+        key,
+        state,
+        logdensity_fn,
+        params.step_size,
+        params.inverse_mass,
+        max_num_doublings=opts.max_num_doublings,
+    )
+    return state, (info.acceptance_rate, info.is_divergent, info.energy, info.num_integration_steps)
+
+
+def _nuts_warmup_one(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, position):
+    dtype = position.dtype
+    if num_warmup == 0:
+        state = blackjax.nuts.init(position, logdensity_fn)
+        eps0 = jnp.asarray(opts.initial_step_size, dtype)
+        return state, _NUTSParams(eps0, jnp.ones(position.shape[0], dtype))
+    warmup = blackjax.window_adaptation(
+        blackjax.nuts,
+        logdensity_fn,
+        initial_step_size=opts.initial_step_size,
+        target_acceptance_rate=opts.target_acceptance_rate,
+        adaptation_info_fn=get_filter_adapt_info_fn(),
+        integrator=opts.integrator,
+        max_num_doublings=opts.max_num_doublings,
+    )
+    (state, params), _ = warmup.run(key, position, num_steps=num_warmup)
+    return state, _NUTSParams(
+        jnp.asarray(params["step_size"], dtype), jnp.asarray(params["inverse_mass_matrix"], dtype)
+    )
+
+
+def _nuts_warmup(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, positions):
+    keys = jax.random.split(key, positions.shape[0])
+    return jax.vmap(partial(_nuts_warmup_one, logdensity_fn, opts, num_warmup))(keys, positions)
+
+
+_WARMUP = {QHMCOptions: _qhmc_warmup, NUTSOptions: _nuts_warmup}
+_TRANSITION = {QHMCOptions: _qhmc_transition, NUTSOptions: _nuts_transition}
+
+
+# --------------------------------------------------------------------------- jitted entry points
+@partial(jax.jit, static_argnames=("logdensity_fn",))
+def _initial_logdensity(logdensity_fn, positions):
+    return jax.vmap(logdensity_fn)(positions)
+
+
+@partial(jax.jit, static_argnames=("logdensity_fn", "opts", "num_warmup"))
+def _warmup(logdensity_fn, opts, num_warmup: int, key, positions):
+    return _WARMUP[type(opts)](logdensity_fn, opts, num_warmup, key, positions)
+
+
+@partial(jax.jit, static_argnames=("logdensity_fn", "opts", "num_draws", "thin"))
+def _run_chunk(logdensity_fn, opts, num_draws: int, thin: int, states, params, key, start):
+    """``num_draws`` kept draws (``num_draws * thin`` iterations) from iteration ``start`` on.
+
+    Returns the new states and ``(position, logdensity, divergent, acceptance, energy,
+    num_integration_steps)`` with leading axes ``(num_draws, chains)``.
+    """
+    transition = partial(_TRANSITION[type(opts)], logdensity_fn, opts)
+    num_chains = jax.tree.leaves(states)[0].shape[0]
+
+    def one_iteration(states, i):
+        keys = jax.random.split(jax.random.fold_in(key, i), num_chains)
+        return jax.vmap(transition)(keys, states, params)
+
+    def one_draw(states, j):
+        iterations = start + j * thin + jnp.arange(thin)
+        states, (acc, div, energy, steps) = jax.lax.scan(one_iteration, states, iterations)
+        out = (
+            states.position,
+            states.logdensity,
+            jnp.any(div, axis=0),
+            jnp.mean(acc, axis=0),
+            energy[-1],
+            jnp.sum(steps, axis=0),
+        )
+        return states, out
+
+    return jax.lax.scan(one_draw, states, jnp.arange(num_draws))
+
+
+# ----------------------------------------------------------------------------------- the driver
+def _progress_bar(enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext(None)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        SpinnerColumn(),
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def _validate(initial_positions, sampler, num_warmup, num_samples, thin, chunk, sampler_options):
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sample: sampler must be one of {SAMPLERS}, got {sampler!r}")
+    for name, value, low in (
+        ("num_warmup", num_warmup, 0),
+        ("num_samples", num_samples, 1),
+        ("thin", thin, 1),
+        ("chunk", chunk, 1),
+    ):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"sample: {name} must be an integer >= {low}, got {value!r}")
+    cls = _OPTIONS[sampler]
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(sampler_options) - set(allowed))
+    if unknown:
+        raise TypeError(
+            f"sample(sampler={sampler!r}): unknown option(s) {unknown}; expected some of {allowed}"
+        )
+    opts = cls(**sampler_options)
+    positions = jnp.asarray(initial_positions)
+    if positions.ndim != 2 or positions.shape[0] < 1 or positions.shape[1] < 1:
+        raise ValueError(
+            "sample: initial_positions must be an array of shape (chains, dim) with chains >= 1 "
+            f"and dim >= 1 (flat vectors), got shape {tuple(positions.shape)}"
+        )
+    if not jnp.issubdtype(positions.dtype, jnp.floating):
+        positions = positions.astype(jnp.result_type(float))
+    if not bool(jnp.all(jnp.isfinite(positions))):
+        bad = np.flatnonzero(~np.all(np.isfinite(np.asarray(positions)), axis=1)).tolist()
+        raise ValueError(f"sample: initial_positions must be finite, chains {bad} are not")
+    return opts, positions
+
+
+def sample(
+    logdensity_fn: Callable,
+    initial_positions,
+    *,
+    sampler: str = "qhmc",
+    num_warmup: int = 1000,
+    num_samples: int = 1000,
+    thin: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+    chunk: int = 100,
+    **sampler_options,
+) -> MCMCResult:
+    """Warm up and sample ``chains`` chains of ``sampler`` in parallel.
+
+    Parameters
+    ----------
+    logdensity_fn
+        ``x (dim,) -> scalar`` log density (up to a constant), differentiable with JAX.
+    initial_positions
+        ``(chains, dim)`` starting points, one per chain (finite log density required).
+    sampler
+        ``"qhmc"`` (default) or ``"nuts"``.
+    num_warmup, num_samples
+        Warm-up iterations and kept draws per chain.
+    thin
+        Keep every ``thin``-th iteration (``num_samples * thin`` iterations are run).
+    seed
+        Integer seed; the same seed gives the same draws.
+    progress
+        Show a ``rich`` progress bar.
+    chunk
+        Iterations per jitted call between progress updates (``max(1, chunk // thin)`` draws).
+    **sampler_options
+        :class:`QHMCOptions` or :class:`NUTSOptions` fields.
+
+    Returns
+    -------
+    MCMCResult
+    """
+    opts, positions = _validate(
+        initial_positions, sampler, num_warmup, num_samples, thin, chunk, sampler_options
+    )
+    fn = _StaticFn(logdensity_fn)
+    num_chains, dim = positions.shape
+    t_start = time.perf_counter()
+    init_ld = np.asarray(_initial_logdensity(fn, positions))
+    if init_ld.shape != (num_chains,):
+        raise ValueError(
+            f"sample: logdensity_fn must return a scalar for an input of shape ({dim},), "
+            f"got output shape {init_ld.shape[1:]}"
+        )
+    if not np.all(np.isfinite(init_ld)):
+        bad = np.flatnonzero(~np.isfinite(init_ld)).tolist()
+        raise ValueError(
+            f"sample: the log density must be finite at the initial positions; chains {bad} have "
+            f"{init_ld[bad].tolist()}"
+        )
+
+    key_warmup, key_sample = jax.random.split(jax.random.PRNGKey(seed))
+    draws_per_call = max(1, chunk // thin)
+    outs: list[tuple[np.ndarray, ...]] = []
+    interrupted = False
+    states = params = None
+    warmup_s = 0.0
+    with _progress_bar(progress) as bar:
+        try:
+            if bar is not None:
+                task_w = bar.add_task(f"{sampler} warm-up ({num_chains} chains)", total=None)
+            states, params = _warmup(fn, opts, num_warmup, key_warmup, positions)
+            jax.block_until_ready(params)
+            warmup_s = time.perf_counter() - t_start
+            if bar is not None:
+                bar.update(task_w, total=1, completed=1)
+                task_s = bar.add_task(f"{sampler} sampling", total=num_samples)
+            done = 0
+            while done < num_samples:
+                n = min(draws_per_call, num_samples - done)
+                states, out = _run_chunk(fn, opts, n, thin, states, params, key_sample, done * thin)
+                outs.append(tuple(np.asarray(o) for o in out))
+                done += n
+                if bar is not None:
+                    bar.update(task_s, advance=n)
+        except KeyboardInterrupt:
+            interrupted = True
+            if params is None:
+                warmup_s = time.perf_counter() - t_start
+    wall_s = time.perf_counter() - t_start
+    return _assemble(outs, params, opts, sampler, num_chains, dim, positions.dtype, num_warmup,
+                     thin, seed, wall_s, warmup_s, interrupted)
+
+
+def _assemble(outs, params, opts, sampler, num_chains, dim, dtype, num_warmup, thin, seed, wall_s,
+              warmup_s, interrupted) -> MCMCResult:
+    dtype = np.dtype(dtype)
+    if outs:
+        cat = [np.concatenate([o[i] for o in outs], axis=0) for i in range(6)]
+        pos, ld, div, acc, energy, steps = (np.swapaxes(c, 0, 1) for c in cat)
+    else:
+        pos = np.zeros((num_chains, 0, dim), dtype)
+        ld, acc, energy = (np.zeros((num_chains, 0), dtype) for _ in range(3))
+        div = np.zeros((num_chains, 0), bool)
+        steps = np.zeros((num_chains, 0), np.int32)
+    if params is None:
+        step_size = np.full(num_chains, np.nan, dtype)
+        inverse_mass = np.full((num_chains, dim), np.nan, dtype)
+        traj = np.full(num_chains, np.nan, dtype)
+    else:
+        step_size = np.asarray(params.step_size)
+        inverse_mass = np.asarray(params.inverse_mass)
+        traj = (
+            np.asarray(params.trajectory_length)
+            if isinstance(opts, QHMCOptions)
+            else np.full(num_chains, np.nan, dtype)
+        )
+    return MCMCResult(
+        draws=pos,
+        logdensity=ld,
+        divergent=div.astype(bool),
+        acceptance=acc,
+        energy=energy,
+        step_size=step_size,
+        num_integration_steps=steps,
+        inverse_mass_matrix=inverse_mass,
+        trajectory_length=traj,
+        sampler=sampler,
+        num_warmup=int(num_warmup),
+        thin=int(thin),
+        seed=int(seed),
+        wall_s=float(wall_s),
+        warmup_s=float(warmup_s),
+        interrupted=bool(interrupted),
+    )
