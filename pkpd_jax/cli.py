@@ -209,6 +209,72 @@ def run(
     typer.echo(f"wrote {out / 'summary.json'} and {out / 'data_overview.png'}")
 
 
+@app.command()
+@_friendly
+def fit(
+    data: Annotated[Path, typer.Argument(help="NONMEM-style CSV file.")],
+    pk: Annotated[str, typer.Option(help="PK model name (see `pkpd-jax models`).")],
+    pd: Annotated[
+        str | None, typer.Option(help="PD model name; omit for a PK-only fit of the concentrations.")
+    ] = None,
+    covariates: Annotated[
+        str, typer.Option(help="'auto' (BW and COMED when present), 'none', or e.g. 'BW:CL,V;COMED:CL'.")
+    ] = "auto",
+    sampler: Annotated[str, typer.Option(help="'qhmc' or 'nuts'.")] = "qhmc",
+    chains: Annotated[int, typer.Option(help="Chains run in parallel.")] = 4,
+    warmup: Annotated[int, typer.Option(help="Warm-up (adaptation) iterations per chain.")] = 1000,
+    samples: Annotated[int, typer.Option(help="Kept draws per chain (after thinning).")] = 1000,
+    thin: Annotated[int, typer.Option(help="Keep every `thin`-th iteration.")] = 1,
+    seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same draws.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("pkpd_fit"),
+    plots: Annotated[bool, typer.Option(help="Write trace, pair, VPC and individual-fit plots.")] = True,
+):
+    """Fit a population (NLME-style) model with QHMC or NUTS; write summary.json, draws.parquet, plots."""
+    from .inference.diagnostics import warning_table
+    from .inference.fit import fit as run_fit
+
+    fr = run_fit(
+        data,
+        pk=pk,
+        pd=pd,
+        covariates=covariates,
+        sampler=sampler,
+        chains=chains,
+        warmup=warmup,
+        samples=samples,
+        thin=thin,
+        seed=seed,
+        out=out,
+        plots=plots,
+        log=typer.echo,
+    )
+    from rich.console import Console
+
+    _print_fit_table(fr)
+    Console().print(warning_table(fr.warnings))
+    typer.echo(f"wrote {out / 'summary.json'}, {out / 'draws.parquet'} and plots to {out}")
+
+
+def _print_fit_table(fr) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{fr.population.model.name}: population parameters ({fr.result.sampler})")
+    for col in ("param", "mean", "sd", "2.5%", "97.5%", "R-hat", "ESS bulk"):
+        table.add_column(col, justify="right" if col != "param" else "left", no_wrap=col == "param")
+    for row in fr.summary.iter_rows(named=True):
+        table.add_row(
+            row["name"],
+            f"{row['mean']:.4g}",
+            f"{row['sd']:.3g}",
+            f"{row['q2.5']:.4g}",
+            f"{row['q97.5']:.4g}",
+            f"{row['rhat']:.3f}",
+            f"{row['ess_bulk']:.0f}",
+        )
+    Console().print(table)
+
+
 def main() -> None:  # console-script entry point
     try:
         app()

@@ -1,0 +1,215 @@
+"""Fit a population model to a study and save everything later stages need.
+
+`fit` = validate the data -> build the [`PopulationModel`][] -> starting points (short MAP) ->
+sample (`qhmc` or `nuts`, chains in parallel) -> diagnostics -> write the fit directory:
+
+- ``summary.json``: ``{"params": {name: {mean, sd, q2.5, q97.5, rhat, ess_bulk}}, "sampler",
+  "divergences", "wall_s", "warnings", "model", "covariates", ...}`` with population parameters
+  named as in the model registry plus ``BW_CL``, ``BW_V``, ``COMED_CL``, ``omega_*``, ``sigma_*``;
+- ``draws.parquet``: one row per draw (columns ``chain``, ``draw``, every population parameter,
+  and every individual parameter as ``<param>[<ID>]``);
+- ``positions.npy``: the unconstrained positions ``(chains, draws, dim)`` (exact reload);
+- ``fit.json``: how to rebuild the population model (model names, covariate spec, priors, data);
+- ``data.csv``: the validated data set the fit used;
+- plots: ``trace.png``, ``pairs.png``, ``vpc.png``, ``individual_fits.png``.
+
+`load_fit(DIR)` rebuilds the population model and the draws from such a directory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import numpy as np
+import polars as pl
+
+from ..data import Dataset, read_nonmem, write_nonmem
+from ..models import get_model
+from .diagnostics import check, divergences, summarize
+from .population import PopulationModel
+from .samplers import MCMCResult, sample
+
+
+__all__ = ["FitResult", "fit", "load_fit", "KEY_PARAMS"]
+
+
+@dataclass
+class FitResult:
+    population: PopulationModel
+    result: MCMCResult
+    summary: pl.DataFrame
+    warnings: list[str]
+    out: Path | None
+
+    def population_draws(self) -> dict[str, np.ndarray]:
+        """Natural-unit population values, each ``(chains, draws)``."""
+        vals = self.population.unflatten(self.result.draws)
+        return {k: np.asarray(v) for k, v in vals.items()}
+
+    def individual_draws(self) -> np.ndarray:
+        """Individual parameters ``(chains, draws, subjects, params)``."""
+        return np.asarray(self.population.individual_parameters(self.result.draws))
+
+
+def _summary_json(fr: FitResult, extra: dict) -> dict:
+    params = {
+        row["name"]: {
+            "mean": row["mean"],
+            "sd": row["sd"],
+            "q2.5": row["q2.5"],
+            "q50": row["q50"],
+            "q97.5": row["q97.5"],
+            "rhat": row["rhat"],
+            "ess_bulk": row["ess_bulk"],
+            "ess_tail": row["ess_tail"],
+        }
+        for row in fr.summary.iter_rows(named=True)
+    }
+    r = fr.result
+    return {
+        "params": params,
+        "sampler": r.sampler,
+        "chains": r.num_chains,
+        "draws_per_chain": r.num_draws,
+        "warmup": r.num_warmup,
+        "thin": r.thin,
+        "seed": r.seed,
+        "divergences": divergences(r),
+        "mean_acceptance": float(np.mean(r.acceptance)) if r.acceptance.size else float("nan"),
+        "step_size": np.asarray(r.step_size).tolist(),
+        "wall_s": r.wall_s,
+        "warmup_s": r.warmup_s,
+        "interrupted": r.interrupted,
+        "warnings": fr.warnings,
+        **extra,
+    }
+
+
+def _draws_frame(fr: FitResult) -> pl.DataFrame:
+    r = fr.result
+    chains, n = r.num_chains, r.num_draws
+    cols: dict[str, np.ndarray] = {
+        "chain": np.repeat(np.arange(chains), n),
+        "draw": np.tile(np.arange(n), chains),
+    }
+    for k, v in fr.population_draws().items():
+        cols[k] = v.reshape(-1)
+    ind = fr.individual_draws().reshape(chains * n, fr.population.n_subjects, -1)
+    for s, sid in enumerate(fr.population.dataset.ids):
+        for p, name in enumerate(fr.population.param_names):
+            cols[f"{name}[{sid}]"] = ind[:, s, p]
+    return pl.DataFrame(cols)
+
+
+def fit(
+    data,
+    *,
+    pk: str,
+    pd: str | None = None,
+    covariates: str = "auto",
+    sampler: str = "qhmc",
+    chains: int = 4,
+    warmup: int = 1000,
+    samples: int = 1000,
+    thin: int = 1,
+    seed: int = 0,
+    out: str | Path | None = None,
+    priors: dict | None = None,
+    progress: bool = True,
+    plots: bool = True,
+    map_steps: int = 300,
+    log=print,
+) -> FitResult:
+    """Fit `pk` (+ `pd`) to `data` (a CSV path, a polars frame or a [`Dataset`][]).
+
+    Every input problem (bad rows, missing covariate columns, a PD model without PD
+    observations, no doses) raises a `ValueError` before anything is compiled.
+    """
+    from .._x64 import enable_x64
+
+    enable_x64()
+    if chains < 1 or warmup < 0 or samples < 1 or thin < 1:
+        raise ValueError(
+            f"need chains >= 1, warmup >= 0, samples >= 1, thin >= 1; got {chains}, {warmup}, "
+            f"{samples}, {thin}."
+        )
+    frame = data if isinstance(data, Dataset) else read_nonmem(data)
+    dataset = frame if isinstance(frame, Dataset) else Dataset.from_frame(frame)
+    model = get_model(pk, pd)
+    pm = PopulationModel(model, dataset, covariates, priors)
+    log(f"model {model.name}: {pm.n_subjects} subjects, {pm.dim} unknowns, covariates "
+        f"{[e.name for e in pm.effects] or 'none'}")
+
+    t0 = time.perf_counter()
+    key = jax.random.key(seed)
+    init = pm.initial_positions(key, chains, map_steps=map_steps)
+    log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps)")
+    result = sample(
+        pm.logdensity,
+        init,
+        sampler=sampler,
+        num_warmup=warmup,
+        num_samples=samples,
+        thin=thin,
+        seed=seed,
+        progress=progress,
+    )
+    vals = pm.unflatten(result.draws)
+    names = list(pm.names)
+    stacked = np.stack([np.asarray(vals[n]) for n in names], axis=-1)
+    table = summarize(stacked, names)
+    warns = check(result, table)
+    fr = FitResult(pm, result, table, warns, None if out is None else Path(out))
+    if out is not None:
+        save_fit(fr, out, data_frame=None if isinstance(frame, Dataset) else frame, plots=plots,
+                 meta={"pk": pk, "pd": pd, "covariates": covariates, "priors": priors})
+    return fr
+
+
+def save_fit(fr: FitResult, out, *, data_frame=None, plots: bool = True, meta: dict) -> None:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pm = fr.population
+    extra = {
+        "model": pm.model.name,
+        "covariates": [e.name for e in pm.effects],
+        "n_subjects": pm.n_subjects,
+    }
+    (out / "summary.json").write_text(json.dumps(_summary_json(fr, extra), indent=2) + "\n")
+    _draws_frame(fr).write_parquet(out / "draws.parquet")
+    np.save(out / "positions.npy", np.asarray(fr.result.draws))
+    frame = data_frame if data_frame is not None else pm.dataset.to_frame()
+    write_nonmem(frame, out / "data.csv")
+    (out / "fit.json").write_text(json.dumps({**meta, "data": "data.csv"}, indent=2) + "\n")
+    if plots:
+        from ..report.fit_plots import fit_plots
+
+        fit_plots(fr, out)
+
+
+def load_fit(path) -> tuple[PopulationModel, np.ndarray, dict]:
+    """``(population model, positions (chains, draws, dim), summary dict)`` from a fit directory."""
+    from .._x64 import enable_x64
+
+    enable_x64()
+    path = Path(path)
+    for name in ("fit.json", "positions.npy", "summary.json", "data.csv"):
+        if not (path / name).exists():
+            raise FileNotFoundError(
+                f"{path} is not a fit directory (missing {name}); create one with `pkpd-jax fit`."
+            )
+    meta = json.loads((path / "fit.json").read_text())
+    dataset = Dataset.load(path / meta["data"])
+    pm = PopulationModel(get_model(meta["pk"], meta["pd"]), dataset, meta["covariates"],
+                         meta.get("priors"))
+    positions = np.load(path / "positions.npy")
+    return pm, positions, json.loads((path / "summary.json").read_text())
+
+
+#: Parameters shown in the pair plot when present.
+KEY_PARAMS = ("CL", "V", "V1", "IC50", "EC50", "BW_CL", "COMED_CL", "omega_CL")
+

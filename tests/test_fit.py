@@ -1,0 +1,182 @@
+"""The fit orchestration (`pkpd_jax.inference.fit`) and the `pkpd-jax fit` command.
+
+A short PK-only fit (linear two-compartment model, exact matrix-exponential path) of eight
+subjects of the bundled example study keeps this file fast; what is checked is the plumbing:
+the files a fit writes, that their numbers agree with each other and with the draws, that a
+fit reloads exactly, that the same seed gives the same draws, and that bad input fails before
+any sampling starts. Posterior accuracy is checked in tests/test_samplers.py (known posteriors)
+and tests/test_population.py (the log-density itself).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import polars as pl
+import pytest
+
+from pkpd_jax.data import read_nonmem, write_nonmem
+from pkpd_jax.data.example import example_paths
+from pkpd_jax.inference.fit import fit, load_fit
+from pkpd_jax.models import UnknownModelError
+
+
+PK = "pk_2c_iv_infusion"
+SETTINGS = dict(chains=2, warmup=40, samples=30, seed=3, map_steps=60, progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_study(tmp_path_factory):
+    """Eight subjects of the example study that have concentrations (CSV path)."""
+    df = read_nonmem(example_paths()[0])
+    with_pk = df.filter(pl.col("DVID") == 1)["ID"].unique().sort()[:8]
+    path = tmp_path_factory.mktemp("data") / "small.csv"
+    write_nonmem(df.filter(pl.col("ID").is_in(with_pk.to_list())), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fitted(small_study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("fit")
+    fr = fit(small_study, pk=PK, out=out, plots=True, log=lambda *a: None, **SETTINGS)
+    return fr, out
+
+
+def test_fit_writes_every_output(fitted):
+    fr, out = fitted
+    for name in (
+        "summary.json",
+        "draws.parquet",
+        "positions.npy",
+        "fit.json",
+        "data.csv",
+        "trace.png",
+        "pairs.png",
+        "vpc.png",
+        "individual_fits.png",
+    ):
+        assert (out / name).exists() and (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    expected = {
+        "CL",
+        "V1",
+        "Q",
+        "V2",
+        "BW_CL",
+        "BW_V",
+        "COMED_CL",
+        "omega_CL",
+        "omega_V1",
+        "sigma_prop_PK",
+        "sigma_add_PK",
+    }
+    assert expected <= set(summary["params"]), sorted(summary["params"])
+    assert not any(k.endswith("_PD") for k in summary["params"])  # PK-only fit
+    for stats in summary["params"].values():
+        assert {"mean", "sd", "q2.5", "q97.5", "rhat", "ess_bulk"} <= set(stats)
+        assert stats["q2.5"] <= stats["mean"] <= stats["q97.5"]
+    assert summary["sampler"] == "qhmc"
+    assert isinstance(summary["divergences"], int)
+    assert summary["wall_s"] > 0
+    assert summary["chains"] == 2 and summary["draws_per_chain"] == 30
+
+
+def test_summary_agrees_with_draws(fitted):
+    """summary.json is computed from the same draws that draws.parquet holds."""
+    fr, out = fitted
+    summary = json.loads((out / "summary.json").read_text())["params"]
+    draws = pl.read_parquet(out / "draws.parquet")
+    assert draws.height == 2 * 30
+    for name in ("CL", "V1", "BW_CL", "omega_CL", "sigma_prop_PK"):
+        col = draws[name].to_numpy()
+        assert summary[name]["mean"] == pytest.approx(col.mean(), rel=1e-10)
+        assert summary[name]["sd"] == pytest.approx(col.std(ddof=1), rel=1e-6)
+        assert summary[name]["q2.5"] == pytest.approx(np.quantile(col, 0.025), rel=1e-6)
+    # Individual parameters: one column per subject and parameter, consistent with the
+    # covariate equation CL_i = CL (BW/70)^BW_CL COMED_CL^COMED exp(eta).
+    ids = fr.population.dataset.ids
+    ind = np.stack([draws[f"CL[{i}]"].to_numpy() for i in ids], axis=1)
+    assert ind.shape == (60, 8) and np.all(ind > 0)
+    pos_ind = np.asarray(fr.individual_draws())[..., list(fr.population.param_names).index("CL")]
+    np.testing.assert_allclose(ind, pos_ind.reshape(60, 8), rtol=1e-12)
+
+
+def test_fit_reloads_exactly(fitted):
+    fr, out = fitted
+    pm, positions, summary = load_fit(out)
+    assert positions.shape == (2, 30, pm.dim)
+    np.testing.assert_array_equal(positions, np.asarray(fr.result.draws))
+    np.testing.assert_allclose(
+        np.asarray(pm.individual_parameters(positions)),
+        np.asarray(fr.individual_draws()),
+        rtol=1e-12,
+    )
+    lp_saved = np.asarray(fr.population.logdensity(positions[0, -1]))
+    assert float(pm.logdensity(positions[0, -1])) == pytest.approx(float(lp_saved), rel=1e-12)
+
+
+@pytest.mark.slow  # a second full fit (compile + sample); the samplers' own seed test is fast
+def test_same_seed_same_draws(small_study, fitted):
+    fr, _ = fitted
+    again = fit(small_study, pk=PK, out=None, plots=False, log=lambda *a: None, **SETTINGS)
+    np.testing.assert_array_equal(np.asarray(again.result.draws), np.asarray(fr.result.draws))
+
+
+def test_fit_rejects_bad_settings_before_sampling(small_study):
+    with pytest.raises(ValueError, match="chains >= 1"):
+        fit(small_study, pk=PK, chains=0)
+    with pytest.raises(UnknownModelError, match="unknown PK model 'pk_2c_iv_infusionX'"):
+        fit(small_study, pk=PK + "X")
+
+
+def _cli(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "pkpd_jax.cli", *args], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_cli_fit_errors_are_specific(small_study, tmp_path):
+    # A PD model on data without any biomarker observations.
+    df = read_nonmem(small_study)
+    pk_only = tmp_path / "pk_only.csv"
+    write_nonmem(df.filter((pl.col("EVID") == 1) | (pl.col("DVID") == 1)), pk_only)
+    r = _cli("fit", str(pk_only), "--pk", PK, "--pd", "pd_indirect_inhib_kin", "--out", str(tmp_path / "o1"))
+    assert r.returncode == 1 and "error:" in r.stderr and "PD" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    # A covariate column that is not in the data.
+    r = _cli("fit", str(small_study), "--pk", PK, "--covariates", "AGE:CL", "--out", str(tmp_path / "o2"))
+    assert r.returncode == 1 and "AGE" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # All doses zero.
+    zero = tmp_path / "zero.csv"
+    df.with_columns(pl.col("AMT") * 0.0).write_csv(zero)  # bypass the writer's own check
+    r = _cli("fit", str(zero), "--pk", PK, "--out", str(tmp_path / "o3"))
+    assert r.returncode == 1 and "dose" in r.stderr.lower() and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_cli_fit_runs(small_study, tmp_path):
+    out = tmp_path / "cli_fit"
+    r = _cli(
+        "fit",
+        str(small_study),
+        "--pk",
+        PK,
+        "--chains",
+        "2",
+        "--warmup",
+        "20",
+        "--samples",
+        "10",
+        "--seed",
+        "1",
+        "--no-plots",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chains"] == 2 and summary["draws_per_chain"] == 10
+    assert "CL" in r.stdout and "summary.json" in r.stdout
