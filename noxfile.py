@@ -1,4 +1,4 @@
-"""Sessions: `nox -s tests` (what CI runs), `lint`, `bench`, `experiments`, `slow`.
+"""Sessions: `nox -s tests` (what CI runs), `lint`, `bench`, `experiments`, `slow`, `studies`.
 
 Every session installs the package into its own virtualenv; tests run on the installed package.
 """
@@ -27,6 +27,13 @@ def slow(session: nox.Session) -> None:
 
 
 @nox.session
+def studies(session: nox.Session) -> None:
+    """Validation studies: the example-study fit recovers the truth; QHMC agrees with NUTS."""
+    session.install("-e", ".[test]")
+    session.run("pytest", "-m", "slow", "tests/test_study_example_fit.py", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.5")
     session.run("ruff", "check", "pkpd_jax", "tests", "benchmarks", "experiments", "noxfile.py")
@@ -37,6 +44,7 @@ def bench(session: nox.Session) -> None:
     """Speed against peers (scipy solve_ivp, closed forms); writes benchmarks/results/."""
     session.install("-e", ".")
     session.run("python", "benchmarks/bench_simulate.py", *session.posargs)
+    session.run("python", "benchmarks/bench_samplers.py", *session.posargs)
 
 
 @nox.session
