@@ -52,7 +52,7 @@ with ``rich``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
@@ -81,9 +81,7 @@ def _as_chains(draws) -> tuple[np.ndarray, tuple[int, ...]]:
     """``(chains, draws, ...)`` -> float array ``(chains, draws, P)`` and the trailing shape."""
     x = np.asarray(draws)
     if x.ndim < 2:
-        raise ValueError(
-            f"diagnostics: expected draws of shape (chains, draws, ...), got shape {x.shape}"
-        )
+        raise ValueError(f"diagnostics: expected draws of shape (chains, draws, ...), got shape {x.shape}")
     rest = x.shape[2:]
     return x.reshape(x.shape[0], x.shape[1], -1).astype(float), rest
 
@@ -287,9 +285,7 @@ def summarize(draws, names: Sequence[str] | None = None) -> pl.DataFrame:
         names = [f"x[{i}]" for i in range(p)]
     names = [str(n) for n in names]
     if len(names) != p:
-        raise ValueError(
-            f"summarize: expected {p} names (one per parameter), got {len(names)}"
-        )
+        raise ValueError(f"summarize: expected {p} names (one per parameter), got {len(names)}")
     pooled = x.reshape(-1, p)
     have = pooled.shape[0] > 0
     nan = np.full(p, np.nan)
@@ -365,8 +361,9 @@ def check(
         vals = draws_summary[col].to_numpy().astype(float)
         bad = np.flatnonzero(~np.isfinite(vals))
         if bad.size:
-            warnings.append(f"{label} is not finite for {len(bad)} parameter(s): "
-                            + ", ".join(names[i] for i in bad[:5]))
+            warnings.append(
+                f"{label} is not finite for {len(bad)} parameter(s): " + ", ".join(names[i] for i in bad[:5])
+            )
         high = np.flatnonzero(np.isfinite(vals) & (vals > rhat_max))
         if high.size:
             warnings.append(

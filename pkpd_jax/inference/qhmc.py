@@ -67,7 +67,8 @@ proposal's energy whether or not it was accepted.)
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import blackjax
 import blackjax.mcmc.hmc as hmc
@@ -183,9 +184,7 @@ def build_kernel(
                 f"{flat_position.shape} (the raveled position), got shape {inverse_mass_center.shape}"
             )
         key_mass, key_hmc = jax.random.split(rng_key)
-        inverse_mass, log_mass = draw_inverse_mass(
-            key_mass, inverse_mass_center, log_mass_sd, xi_clip
-        )
+        inverse_mass, log_mass = draw_inverse_mass(key_mass, inverse_mass_center, log_mass_sd, xi_clip)
         new_state, hmc_info = hmc_kernel(
             key_hmc, state, logdensity_fn, step_size, inverse_mass, num_integration_steps
         )

@@ -1,0 +1,327 @@
+"""QHMC and NUTS through the sampling driver, on targets with known moments.
+
+Every statistical test runs both samplers on 2 seeds (4 chains x 500 warm-up x 1000 draws).
+The runs are cached per (target, sampler, seed) and the targets are module-level functions, so
+the jitted warm-up / sampling code is compiled once per target and sampler (the driver takes
+``logdensity_fn`` as a static argument).
+"""
+
+from __future__ import annotations
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import functools  # noqa: E402
+
+import blackjax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from blackjax.adaptation.window_adaptation import build_schedule  # noqa: E402
+
+from pkpd_jax.inference import (  # noqa: E402
+    MCMCResult,
+    check,
+    ess,
+    mcse_mean,
+    qhmc,
+    rhat,
+    sample,
+    samplers,
+    summarize,
+)
+
+
+# ------------------------------------------------------------------------------------ targets
+MU = np.array([1.0, -2.0, 0.5, 3.0])
+SD = np.array([1.0, 2.0, 0.5, 10.0])
+CORR = np.eye(4)
+CORR[0, 1] = CORR[1, 0] = 0.9
+COV = CORR * np.outer(SD, SD)
+_MU, _PREC = jnp.asarray(MU), jnp.asarray(np.linalg.inv(COV))
+
+
+def gaussian_logdensity(x):
+    """N(MU, COV): scales 0.5 to 10, correlation 0.9 between the first two coordinates."""
+    d = x - _MU
+    return -0.5 * d @ _PREC @ d
+
+
+def funnel_logdensity(z):
+    """Mild Neal funnel: v ~ N(0, 1), x_i | v ~ N(0, e^v), i = 1..3 (centred, as written).
+    Marginals: E[x_i] = 0, Var[x_i] = E[e^v] = e^{1/2}; E[v] = 0, Var[v] = 1."""
+    v, x = z[0], z[1:]
+    return -0.5 * v**2 - 0.5 * jnp.sum(x**2) * jnp.exp(-v) - 0.5 * x.shape[0] * v
+
+
+FUNNEL_VAR = np.array([1.0, np.exp(0.5), np.exp(0.5), np.exp(0.5)])
+TARGETS = {"gaussian": gaussian_logdensity, "funnel": funnel_logdensity}
+X0 = 0.5 * np.random.default_rng(0).standard_normal((4, 4))  # dispersed starts, 4 chains
+SAMPLER_SEEDS = [(s, seed) for s in samplers.SAMPLERS for seed in (0, 1)]
+RUN = dict(num_warmup=500, num_samples=1000, progress=False)
+
+
+@functools.cache
+def _run(target: str, sampler: str, seed: int) -> MCMCResult:
+    return sample(TARGETS[target], X0, sampler=sampler, seed=seed, **RUN)
+
+
+# ------------------------------------------------------------------------- statistical tests
+def _final_slow_window(num_warmup: int) -> int:
+    """Length of the last slow window of Stan's warm-up schedule (the draws the final diagonal
+    metric is estimated from, by blackjax's window adaptation and by the QHMC warm-up alike)."""
+    ends = np.flatnonzero(np.asarray(build_schedule(num_warmup))[:, 1])
+    return int(ends[-1] - ends[-2])
+
+
+def _mcse(stat, sd, draws_per_chain=None):
+    """MCSE of the mean of ``stat`` (chains, draws, ...) whose posterior sd is known exactly:
+    ``sd / sqrt(ESS)``, the ESS estimated from the draws (scaled to ``draws_per_chain`` draws per
+    chain when given). Using the exact sd, rather than the sample sd, matters for heavy-tailed
+    statistics (e.g. the funnel's squares): a run that under-visits the tails also under-estimates
+    their sd, and its estimated MCSE is then too small exactly when its estimate is off."""
+    n_eff = ess(stat)
+    if draws_per_chain is not None:
+        n_eff = n_eff * draws_per_chain / stat.shape[1]
+    return sd / np.sqrt(n_eff)
+
+
+# All z-scores below are held to 4. Their calibration was checked over 60 seeds per sampler
+# (same settings): sd 0.75-1.3 for every statistic, no |z| above 4 (largest 3.9).
+@pytest.mark.parametrize("sampler,seed", SAMPLER_SEEDS)
+def test_correlated_gaussian_moments(sampler, seed):
+    r = _run("gaussian", sampler, seed)
+    assert r.draws.shape == (4, 1000, 4) and r.sampler == sampler and not r.interrupted
+    for a in (r.logdensity, r.divergent, r.acceptance, r.energy, r.num_integration_steps):
+        assert a.shape == (4, 1000)
+    assert r.step_size.shape == (4,) and r.inverse_mass_matrix.shape == (4, 4)
+    assert 0 < r.warmup_s < r.wall_s
+    summary = summarize(r.draws)
+    mean, mcse = summary["mean"].to_numpy(), summary["mcse_mean"].to_numpy()
+    assert np.all(np.abs(mean - MU) < 4 * mcse), (mean, mcse)
+    # variances and the correlation as means of statistics with known mean and sd:
+    # Var[(x - mu)^2] = 2 sd^4, Var[z0 z1] = 1 + rho^2 (z standardised)
+    sq = (r.draws - MU) ** 2
+    var, var_mcse = sq.reshape(-1, 4).mean(axis=0), _mcse(sq, np.sqrt(2) * SD**2)
+    assert np.all(np.abs(var - SD**2) < 4 * var_mcse), (var / SD**2, var_mcse / SD**2)
+    zz = (r.draws[..., 0] - MU[0]) * (r.draws[..., 1] - MU[1]) / (SD[0] * SD[1])
+    zz_mcse = float(_mcse(zz, np.sqrt(1 + 0.9**2)))
+    assert abs(zz.mean() - 0.9) < 4 * zz_mcse, (zz.mean(), zz_mcse)
+    # The adapted diagonal metric finds the marginal variances. It is the Welford variance of
+    # the w draws of the last slow warm-up window (one chain's for NUTS, pooled over the chains
+    # for QHMC), shrunk as in Stan: E = w/(w+5) var + 1e-3 * 5/(w+5). Its MCSE is that of the
+    # mean of (x - MU)^2 over as many draws of the same chain(s) in the sampling phase.
+    w = _final_slow_window(RUN["num_warmup"])
+    expected = w / (w + 5) * SD**2 + 1e-3 * 5 / (w + 5)
+    if sampler == "nuts":  # adapted per chain
+        se = np.stack([_mcse(sq[c : c + 1], np.sqrt(2) * SD**2, w) for c in range(4)])
+    else:  # one metric shared by the chains
+        np.testing.assert_array_equal(r.inverse_mass_matrix, r.inverse_mass_matrix[[0, 0, 0, 0]])
+        se = _mcse(sq, np.sqrt(2) * SD**2, w)[None, :]
+    z = (r.inverse_mass_matrix - expected) / se
+    assert np.all(np.abs(z) < 4), z
+    if sampler == "nuts":  # and the average of the 4 independent per-chain estimates
+        z_avg = (r.inverse_mass_matrix.mean(0) - expected) / (np.sqrt(np.sum(se**2, 0)) / 4)
+        assert np.all(np.abs(z_avg) < 4), z_avg
+    assert r.divergent.sum() == 0
+    assert 0.6 < r.acceptance.mean() <= 1.0
+    assert check(r, summary) == []
+
+
+@pytest.mark.parametrize("sampler,seed", SAMPLER_SEEDS)
+def test_funnel_marginals(sampler, seed):
+    r = _run("funnel", sampler, seed)
+    x = r.draws
+    flat = x.reshape(-1, 4)
+    mcse = mcse_mean(x)
+    assert np.all(np.abs(flat.mean(axis=0)) < 4 * mcse), (flat.mean(axis=0), mcse)
+    # Var = E[z^2] (the means are 0), within 4 MCSE; the sd of z^2 is known:
+    # Var[v^2] = 2, Var[x_i^2] = E[3 e^{2v}] - e = 3e^2 - e (x_i^2 has kurtosis ~ 8)
+    second = x**2
+    m2 = second.reshape(-1, 4).mean(axis=0)
+    m2_mcse = _mcse(second, np.sqrt([2.0] + [3 * np.e**2 - np.e] * 3))
+    assert np.all(np.abs(m2 - FUNNEL_VAR) < 4 * m2_mcse), (m2 / FUNNEL_VAR, m2_mcse)
+    assert rhat(x).max() < 1.05
+    assert r.divergent.mean() < 0.01  # a few divergences in the neck are expected
+
+
+# ------------------------------------------------------------------------- driver behaviour
+@pytest.mark.parametrize("sampler", samplers.SAMPLERS)
+def test_same_seed_same_draws_other_seed_differs(sampler):
+    a = _run("gaussian", sampler, 0)
+    b = sample(gaussian_logdensity, X0, sampler=sampler, seed=0, **RUN)
+    for field in (
+        "draws",
+        "logdensity",
+        "divergent",
+        "acceptance",
+        "energy",
+        "step_size",
+        "num_integration_steps",
+        "inverse_mass_matrix",
+    ):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field), err_msg=field)
+    c = _run("gaussian", sampler, 1)
+    assert not np.allclose(a.draws, c.draws)
+    assert not np.allclose(a.step_size, c.step_size)
+
+
+@pytest.mark.parametrize("sampler", samplers.SAMPLERS)
+def test_thinning_keeps_every_thin_th_iteration(sampler):
+    full = sample(
+        gaussian_logdensity,
+        X0,
+        sampler=sampler,
+        seed=3,
+        chunk=100,
+        num_warmup=500,
+        num_samples=300,
+        progress=False,
+    )
+    thin = sample(
+        gaussian_logdensity,
+        X0,
+        sampler=sampler,
+        seed=3,
+        chunk=300,
+        thin=3,
+        num_warmup=500,
+        num_samples=100,
+        progress=True,
+    )
+    assert thin.draws.shape == (4, 100, 4) and thin.thin == 3
+    for a in (thin.logdensity, thin.divergent, thin.acceptance, thin.energy):
+        assert a.shape == (4, 100)
+    # iteration i uses the key fold_in(key, i): the kept draws are iterations 2, 5, 8, ...
+    np.testing.assert_array_equal(thin.draws, full.draws[:, 2::3])
+    np.testing.assert_array_equal(thin.energy, full.energy[:, 2::3])
+    blocks = (4, 100, 3)
+    np.testing.assert_array_equal(
+        thin.num_integration_steps, full.num_integration_steps.reshape(blocks).sum(-1)
+    )
+    np.testing.assert_array_equal(thin.divergent, full.divergent.reshape(blocks).any(-1))
+    np.testing.assert_allclose(thin.acceptance, full.acceptance.reshape(blocks).mean(-1))
+
+
+def test_keyboard_interrupt_returns_draws_so_far(monkeypatch):
+    real = samplers._run_chunk
+    calls = []
+
+    def interrupted_on_third_chunk(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(samplers, "_run_chunk", interrupted_on_third_chunk)
+    r = sample(gaussian_logdensity, X0, sampler="qhmc", seed=0, chunk=100, **RUN)
+    assert r.interrupted and r.draws.shape == (4, 200, 4) and r.energy.shape == (4, 200)
+    np.testing.assert_array_equal(r.draws, _run("gaussian", "qhmc", 0).draws[:, :200])
+    assert any("interrupted" in w for w in check(r, summarize(r.draws)))
+
+    def interrupted_warmup(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(samplers, "_warmup", interrupted_warmup)
+    r = sample(gaussian_logdensity, X0, sampler="nuts", **RUN)
+    assert r.interrupted and r.draws.shape == (4, 0, 4) and np.all(np.isnan(r.step_size))
+
+
+def test_sample_rejects_bad_input():
+    g = gaussian_logdensity
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        sample(g, X0, sampler="mala")
+    with pytest.raises(ValueError, match=r"shape \(chains, dim\).*got shape \(4,\)"):
+        sample(g, X0[0])
+    with pytest.raises(TypeError, match=r"unknown option\(s\) \['log_mass_sd'\]"):
+        sample(g, X0, sampler="nuts", log_mass_sd=0.5)
+    with pytest.raises(ValueError, match="log_mass_sd must be >= 0, got -1"):
+        sample(g, X0, log_mass_sd=-1)
+    with pytest.raises(ValueError, match="thin must be an integer >= 1, got 0"):
+        sample(g, X0, thin=0)
+    with pytest.raises(ValueError, match="initial_positions must be finite"):
+        sample(g, np.where(np.eye(4, dtype=bool), np.nan, X0))
+    bad_start = X0.copy()
+    bad_start[2, 0] = -5.0
+    with pytest.raises(ValueError, match=r"finite at the initial positions; chains \[2\]"):
+        sample(lambda x: jnp.where(x[0] < -4.0, -jnp.inf, -0.5 * x @ x), bad_start)
+
+
+# --------------------------------------------------------------------------- the QHMC kernel
+def test_qhmc_with_zero_spread_is_blackjax_hmc():
+    """log_mass_sd = 0: the same chain as blackjax's HMC kernel fed the second half of the key,
+    bit for bit.
+
+    The inverse mass is a *runtime* argument of the jitted comparison: QHMC's drawn inverse mass
+    ``imm * exp(-0 * xi)`` is always a runtime value, whereas a closed-over constant ``imm``
+    lets XLA specialise and constant-fold the arithmetic that involves it, which may round
+    differently in the last bit (one ulp in the positions, found on CPU).
+    """
+    imm = jnp.asarray(1.3 * SD**2)
+    q_kernel, h_kernel = qhmc.build_kernel(), blackjax.hmc.build_kernel()
+
+    @jax.jit
+    def both(key, sq, sh, imm):
+        sq, iq = q_kernel(key, sq, gaussian_logdensity, 0.4, imm, 0.0, 7)
+        sh, ih = h_kernel(jax.random.split(key)[1], sh, gaussian_logdensity, 0.4, imm, 7)
+        return sq, iq, sh, ih
+
+    alg = qhmc.as_top_level_api(gaussian_logdensity, 0.4, imm, log_mass_sd=0.0, num_integration_steps=7)
+    top_step = jax.jit(alg.step)
+    sq = sh = st = alg.init(jnp.asarray(MU + 2.0))
+    accepted = []
+    for key in jax.random.split(jax.random.PRNGKey(42), 30):
+        start = sq
+        sq, iq, sh, ih = both(key, sq, sh, imm)
+        st, it = top_step(key, st)
+        for s in (sq, st):
+            np.testing.assert_array_equal(s.position, sh.position)
+            np.testing.assert_array_equal(s.logdensity, sh.logdensity)
+            np.testing.assert_array_equal(s.logdensity_grad, sh.logdensity_grad)
+        for i in (iq, it):
+            np.testing.assert_array_equal(i.acceptance_rate, ih.acceptance_rate)
+            assert i.is_accepted == ih.is_accepted and i.is_divergent == ih.is_divergent
+            np.testing.assert_array_equal(i.log_mass, -np.log(imm))
+        # QHMC's energy is that of the returned state: the proposal's (blackjax's) if accepted,
+        # else the start's with the fresh momentum
+        start_energy = -start.logdensity + 0.5 * jnp.sum(imm * ih.momentum**2)
+        np.testing.assert_allclose(iq.energy, ih.energy if iq.is_accepted else start_energy, rtol=1e-12)
+        accepted.append(bool(iq.is_accepted))
+    assert 3 < sum(accepted) < 30  # both branches of the MH step were exercised
+
+
+@functools.partial(jax.jit, static_argnames="num_transitions")
+def _qhmc_chains(keys, positions, log_mass_sd, num_transitions):
+    kernel = qhmc.build_kernel()
+    imm = jnp.ones(4)  # deliberately not the posterior scales: invariance must not depend on it
+
+    def chain(key, x):
+        def step(state, k):
+            state, info = kernel(k, state, gaussian_logdensity, 0.3, imm, log_mass_sd, 9)
+            return state, (info.acceptance_rate, info.log_mass)
+
+        state, (acc, log_mass) = jax.lax.scan(
+            step, qhmc.init(x, gaussian_logdensity), jax.random.split(key, num_transitions)
+        )
+        return state.position, acc, log_mass
+
+    return jax.vmap(chain)(keys, positions)
+
+
+@pytest.mark.parametrize("log_mass_sd", [0.0, 1.0])
+def test_qhmc_kernel_leaves_target_invariant(log_mass_sd):
+    """Start 4000 independent chains at exact N(MU, COV) draws; after QHMC transitions with a
+    random mass the chains must still be exact draws (mean and covariance within MC error)."""
+    n = 4000
+    x0 = np.random.default_rng(11).multivariate_normal(MU, COV, size=n)
+    keys = jax.random.split(jax.random.PRNGKey(int(10 * log_mass_sd)), n)
+    x, acc, log_mass = _qhmc_chains(keys, jnp.asarray(x0), log_mass_sd, num_transitions=4)
+    x = np.asarray(x)
+    assert 0.2 < float(acc.mean()) < 0.99  # moves are made and some are rejected
+    assert np.mean(np.abs(x - x0) > 1e-12) > 0.5
+    np.testing.assert_allclose(np.std(np.asarray(log_mass)), log_mass_sd, atol=0.02)
+    assert np.all(np.abs(x.mean(axis=0) - MU) < 4 * SD / np.sqrt(n))
+    np.testing.assert_allclose(x.var(axis=0) / SD**2, 1.0, atol=4 * np.sqrt(2 / n))
+    assert abs(np.corrcoef(x[:, 0], x[:, 1])[0, 1] - 0.9) < 0.02
