@@ -275,6 +275,26 @@ def _print_fit_table(fr) -> None:
     Console().print(table)
 
 
+#: Sub-packages that contribute commands: each has a `commands.py` with `register(app)`, which
+#: must stay cheap to import (heavy imports inside the command functions).
+_COMMAND_MODULES = ("amortized", "quantum", "trials")
+
+
+def _register_subpackage_commands() -> None:
+    import importlib
+    import importlib.util
+
+    for name in _COMMAND_MODULES:
+        module = f"{__package__}.{name}.commands"
+        if importlib.util.find_spec(f"{__package__}.{name}") is None:
+            continue
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module).register(app, friendly=_friendly)
+
+
+_register_subpackage_commands()
+
+
 def main() -> None:  # console-script entry point
     try:
         app()
