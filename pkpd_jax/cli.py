@@ -275,9 +275,9 @@ def _print_fit_table(fr) -> None:
     Console().print(table)
 
 
-#: Sub-packages that contribute commands: each has a `commands.py` with `register(app)`, which
-#: must stay cheap to import (heavy imports inside the command functions).
-_COMMAND_MODULES = ("amortized", "quantum", "trials")
+#: Modules that contribute commands: each has `register(app, friendly=...)` and stays cheap to
+#: import (heavy imports inside the command functions). Missing modules are skipped.
+_COMMAND_MODULES = ("amortized.corpus_commands", "amortized.commands", "quantum.commands", "trials.commands")
 
 
 def _register_subpackage_commands() -> None:
@@ -285,11 +285,11 @@ def _register_subpackage_commands() -> None:
     import importlib.util
 
     for name in _COMMAND_MODULES:
-        module = f"{__package__}.{name}.commands"
-        if importlib.util.find_spec(f"{__package__}.{name}") is None:
+        package, _ = name.split(".")
+        if importlib.util.find_spec(f"{__package__}.{package}") is None:
             continue
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module).register(app, friendly=_friendly)
+        if importlib.util.find_spec(f"{__package__}.{name}") is not None:
+            importlib.import_module(f"{__package__}.{name}").register(app, friendly=_friendly)
 
 
 _register_subpackage_commands()
