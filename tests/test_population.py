@@ -39,6 +39,7 @@ from pkpd_jax.inference.population import (
     PopulationDataError,
     PopulationDataWarning,
     PopulationModel,
+    curvature_diagonal,
     fit_map,
 )
 from pkpd_jax.models import get_model
@@ -870,3 +871,47 @@ def test_simulate_predictive_without_variability_reproduces_typical_predictions(
     blq = np.asarray(rep.below_lloq)
     assert blq[:, 3, 0].all()  # subject 4 at its dose time: 0 < 0.01
     assert not blq[:, 0, 1].any()
+
+
+# =================================================================== parametrisations
+def test_centered_parametrisation_is_the_same_model(tiny):
+    """Centred and non-centred positions of the same (population, individual) values: equal
+    individual parameters, η and predictions; log-densities differ by exactly the Jacobian
+    ``-N·Σ_k log ω_k`` of g(θ_i) = typical + ω·η."""
+    pm, x, eta = tiny
+    pc = PopulationModel(get_model(*TINY_MODEL), dataset(TINY), parametrization="centered")
+    xc = pc.to_position(TINY_VALUES, eta)
+    np.testing.assert_allclose(pc.individual_parameters(xc), pm.individual_parameters(x), rtol=1e-12)
+    np.testing.assert_allclose(pc.eta(xc), eta, rtol=1e-10, atol=1e-12)
+    jac = -pm.n_subjects * sum(np.log(TINY_VALUES[f"omega_{b}"]) for b in pm.bsv_params)
+    np.testing.assert_allclose(float(pc.logdensity(xc)) - float(pm.logdensity(x)), jac, rtol=1e-10)
+    for k, v in pc.unflatten(xc).items():
+        np.testing.assert_allclose(float(v), TINY_VALUES[k], rtol=1e-12)
+    with pytest.raises(ValueError, match="parametrization"):
+        PopulationModel(get_model(*TINY_MODEL), dataset(TINY), parametrization="centred")
+
+
+def test_curvature_diagonal_matches_second_differences(tiny):
+    pm, x, _ = tiny
+    h = curvature_diagonal(pm, x)
+    assert h.shape == (pm.dim,)
+    f = lambda z: float(pm.logdensity(z))
+    step = 1e-3
+    for i in (0, 3, pm.dim - 1, pm.dim // 2):
+        e = np.zeros(pm.dim)
+        e[i] = step
+        second = -(f(x + e) - 2 * f(x) + f(x - e)) / step**2
+        np.testing.assert_allclose(h[i], second, rtol=2e-3, atol=1e-3)
+
+
+def test_starting_points_scale_the_jitter_by_the_curvature(tiny):
+    pm, x, _ = tiny
+    pts, inv_mass = pm.starting_points(jax.random.key(3), 4, map_steps=0, jitter=0.1)
+    x0 = pm.prior_median_position()
+    h = curvature_diagonal(pm, x0)
+    ok = h > 0
+    np.testing.assert_allclose(inv_mass[ok], np.clip(1 / h[ok], 1e-8, 1e2), rtol=1e-12)
+    # each coordinate moved by at most ~5 of its own scale min(0.1, 1/sqrt(H_ii))
+    scale = np.minimum(0.1, np.sqrt(inv_mass))
+    assert np.all(np.abs(np.asarray(pts) - np.asarray(x0)) <= 5 * scale + 1e-15)
+    assert len({tuple(np.asarray(p)) for p in pts}) == 4

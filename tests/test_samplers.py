@@ -243,6 +243,10 @@ def test_sample_rejects_bad_input():
         sample(g, X0, thin=0)
     with pytest.raises(ValueError, match="initial_positions must be finite"):
         sample(g, np.where(np.eye(4, dtype=bool), np.nan, X0))
+    with pytest.raises(ValueError, match="inverse_mass_init must be 4 finite positive"):
+        sample(g, X0, inverse_mass_init=np.array([1.0, -1.0, 1.0, 1.0]))
+    with pytest.raises(ValueError, match="inverse_mass_init is a QHMC option"):
+        sample(g, X0, sampler="nuts", inverse_mass_init=np.ones(4))
     bad_start = X0.copy()
     bad_start[2, 0] = -5.0
     with pytest.raises(ValueError, match=r"finite at the initial positions; chains \[2\]"):
@@ -325,3 +329,20 @@ def test_qhmc_kernel_leaves_target_invariant(log_mass_sd):
     assert np.all(np.abs(x.mean(axis=0) - MU) < 4 * SD / np.sqrt(n))
     np.testing.assert_allclose(x.var(axis=0) / SD**2, 1.0, atol=4 * np.sqrt(2 / n))
     assert abs(np.corrcoef(x[:, 0], x[:, 1])[0, 1] - 0.9) < 0.02
+
+
+def test_qhmc_warmup_in_slices_equals_one_pass_and_caps_the_path_length():
+    """The warm-up advances in jitted slices of `chunk` iterations; the result does not depend on
+    the slicing. Warm-up iterations never exceed `max_warmup_steps` leapfrog steps, and the
+    per-iteration statistics are recorded."""
+    run = dict(num_warmup=60, num_samples=20, progress=False, seed=3)
+    a = sample(gaussian_logdensity, X0, chunk=7, max_warmup_steps=5, **run)
+    b = sample(gaussian_logdensity, X0, chunk=100, max_warmup_steps=5, **run)
+    np.testing.assert_array_equal(a.draws, b.draws)
+    np.testing.assert_array_equal(a.warmup_steps, b.warmup_steps)
+    assert a.warmup_steps.shape == (60,) and a.warmup_step_size.shape == (60,)
+    assert 1 <= a.warmup_steps.min() and a.warmup_steps.max() <= 5
+    assert np.all((a.warmup_acceptance >= 0) & (a.warmup_acceptance <= 1))
+    # a good initial inverse mass (the true variances) changes the run and is accepted
+    c = sample(gaussian_logdensity, X0, chunk=100, max_warmup_steps=5, inverse_mass_init=SD**2, **run)
+    assert not np.array_equal(c.draws, b.draws)

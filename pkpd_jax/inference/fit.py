@@ -146,8 +146,8 @@ def fit(
 
     t0 = time.perf_counter()
     key = jax.random.key(seed)
-    init = pm.initial_positions(key, chains, map_steps=map_steps)
-    log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps)")
+    init, inverse_mass = pm.starting_points(key, chains, map_steps=map_steps)
+    log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps + curvature)")
     result = sample(
         pm.logdensity,
         init,
@@ -157,6 +157,7 @@ def fit(
         thin=thin,
         seed=seed,
         progress=progress,
+        **({"inverse_mass_init": inverse_mass} if sampler == "qhmc" else {}),
     )
     vals = pm.unflatten(result.draws)
     names = list(pm.names)

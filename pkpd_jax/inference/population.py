@@ -9,6 +9,12 @@ vector, ready for HMC/NUTS (``pkpd_jax.inference.sample``) or MAP optimisation (
 
     θ_ik = g⁻¹( μ_k + Σ_c β_c·x_ic·[c acts on k] + ω_k·η_ik ),   η_ik ~ N(0, 1)   (non-centred)
 
+``parametrization="noncentered"`` (the default) samples η; ``"centered"`` samples ``g(θ_ik)``
+itself with ``g(θ_ik) ~ N(μ_k + ..., ω_k)`` (the same model). Non-centred suits weakly informed
+subjects (sparse data: the funnel between ω and η disappears); centred suits richly sampled
+ones, where non-centring couples μ_k with every η_ik (a direction N+1 times longer than the
+others in a diagonal metric, so HMC needs ~√N times more leapfrog steps per iteration).
+
 with ``x = log(BW/70)`` for a power (allometric) effect and ``x = COMED`` (0/1) for a factor
 effect, ``β`` the exponent or the log factor. In natural units, e.g.
 ``CL_i = CL·(BW/70)^BW_CL·COMED_CL^COMED·exp(ω_CL·η_CL,i)``. ``μ`` is the typical value of a
@@ -112,6 +118,7 @@ __all__ = [
     "PopulationDataWarning",
     "PopulationModel",
     "PredictiveSample",
+    "curvature_diagonal",
     "fit_map",
     "simulate_predictive",
     "DEFAULT_CONFIG",
@@ -572,7 +579,13 @@ class PopulationModel:
         config: SolverConfig = DEFAULT_CONFIG,
         gradient: Literal["forward", "reverse"] = "forward",
         subject_batch: int | None = None,
+        parametrization: Literal["noncentered", "centered"] = "noncentered",
     ):
+        if parametrization not in ("noncentered", "centered"):
+            raise ValueError(
+                f"`parametrization` must be 'noncentered' or 'centered'; got {parametrization!r}"
+            )
+        self.parametrization = parametrization
         self.model = model
         self.subject_batch = subject_batch
         self.dataset = dataset
@@ -870,10 +883,29 @@ class PopulationModel:
     def _tree(self, position):
         return self._unravel(jnp.asarray(position))
 
+    def _typical_u(self, tree):
+        return tree["mu"][None, :] + self._X @ (tree["cov"][:, None] * self._A)
+
     def _individual_u(self, tree, omega=None):
-        u = tree["mu"][None, :] + self._X @ (tree["cov"][:, None] * self._A)
+        u = self._typical_u(tree)
+        if self.parametrization == "centered":  # the "eta" block holds g(θ_i) of the BSV params
+            return u.at[:, self._bsv_idx].set(tree["eta"])
         omega = jnp.exp(tree["log_omega"]) if omega is None else omega
         return u.at[:, self._bsv_idx].add(omega[None, :] * tree["eta"])
+
+    def _standard_eta(self, tree):
+        """Standardised η ``(N, n_bsv)`` from a position tree (either parametrisation)."""
+        if self.parametrization == "noncentered":
+            return tree["eta"]
+        u_typ = self._typical_u(tree)[:, self._bsv_idx]
+        return (tree["eta"] - u_typ) / jnp.exp(tree["log_omega"])[None, :]
+
+    def _with_standard_eta(self, tree, eta):
+        """The tree whose random-effect block encodes standardised `eta` (either parametrisation)."""
+        if self.parametrization == "noncentered":
+            return {**tree, "eta": eta}
+        u_typ = self._typical_u(tree)[:, self._bsv_idx]
+        return {**tree, "eta": u_typ + jnp.exp(tree["log_omega"])[None, :] * eta}
 
     def _to_natural(self, u):
         return jnp.stack([p.to_natural(u[..., k]) for k, p in enumerate(self.params)], axis=-1)
@@ -907,7 +939,7 @@ class PopulationModel:
         """Standardised random effects ``(..., N, n_bsv)`` (columns ordered as `bsv_params`)."""
         position = jnp.asarray(position)
         lead = position.shape[:-1]
-        etas = jax.vmap(lambda x: self._tree(x)["eta"])(position.reshape(-1, self.dim))
+        etas = jax.vmap(lambda x: self._standard_eta(self._tree(x)))(position.reshape(-1, self.dim))
         return etas.reshape(lead + etas.shape[1:])
 
     def individual_parameters(self, position: Float[Array, "... dim"]) -> Array:
@@ -948,6 +980,7 @@ class PopulationModel:
             if eta is None
             else f64(eta).reshape(self.n_subjects, len(self.bsv_params)),
         }
+        tree = self._with_standard_eta(tree, tree["eta"])
         return ravel_pytree(tree)[0]
 
     def etas_from_individual(self, values: Mapping[str, float], theta: Array) -> Array:
@@ -971,6 +1004,7 @@ class PopulationModel:
             "log_sigma": jnp.log(0.6745 * jnp.asarray(pr["sigma_scale"])),
             "eta": jnp.zeros((self.n_subjects, len(self.bsv_params))),
         }
+        tree = self._with_standard_eta(tree, tree["eta"])
         return ravel_pytree(tree)[0]
 
     # ------------------------------------------------------------------ densities
@@ -1017,7 +1051,12 @@ class PopulationModel:
             z = tree[key]
             s, bad = _safe_exp(z)
             lp += jnp.sum(jnp.where(bad, -jnp.inf, _halfnormal_logpdf(s, scale) + z))
-        lp += jnp.sum(_normal_logpdf(tree["eta"], 0.0, 1.0))
+        if self.parametrization == "noncentered":
+            lp += jnp.sum(_normal_logpdf(tree["eta"], 0.0, 1.0))
+        else:  # g(θ_i) ~ N(typical, ω): the same density as η ~ N(0, 1), plus log|dη/dg(θ_i)|
+            omega, _ = _safe_exp(tree["log_omega"])
+            u_typ = self._typical_u(tree)[:, self._bsv_idx]
+            lp += jnp.sum(_normal_logpdf(tree["eta"], u_typ, omega[None, :]))
         return lp
 
     def log_likelihood(self, position) -> Array:
@@ -1053,11 +1092,34 @@ class PopulationModel:
         learning_rate: float = 0.05,
         jitter: float = 0.1,
     ) -> Array:
-        """``(n_chains, dim)`` starting points with finite log-density.
+        """``(n_chains, dim)`` starting points with finite log-density (see [`starting_points`][])."""
+        return self.starting_points(
+            key, n_chains, map_steps=map_steps, learning_rate=learning_rate, jitter=jitter
+        )[0]
+
+    def starting_points(
+        self,
+        key: Array,
+        n_chains: int,
+        *,
+        map_steps: int = 200,
+        learning_rate: float = 0.05,
+        jitter: float = 0.1,
+        curvature: bool = True,
+    ) -> tuple[Array, np.ndarray | None]:
+        """Starting points ``(n_chains, dim)`` and a diagonal inverse mass ``(dim,)`` for HMC.
 
         From the prior medians, `map_steps` Adam steps on the full position (η included; 0 skips
-        the optimisation), then independent N(0, jitter²) perturbations per chain (halved until
-        the log-density is finite; the unperturbed point is the last resort).
+        the optimisation). With `curvature`, the diagonal of the negative Hessian at that point
+        (finite differences of the gradient, ``dim + 1`` gradients, [`curvature_diagonal`][])
+        gives per-coordinate scales ``s_i = 1/sqrt(H_ii)``: each chain starts at ``x0 + ε``,
+        ``ε_i ~ N(0, min(jitter, s_i)²)`` (a uniform jitter would put precisely determined
+        coordinates, such as a typical clearance with s ~ 0.002, dozens of posterior SDs away,
+        and warm-up would spend its first hundreds of iterations at tiny step sizes coming back),
+        and ``s_i²`` is returned as the inverse mass for the first warm-up window (``None``
+        without `curvature`; coordinates with non-positive curvature get ``jitter²``). A draw
+        with a non-finite log-density is halved until finite (the unperturbed point is the last
+        resort).
         """
         x0 = self.prior_median_position()
         if not np.isfinite(float(self.logdensity(x0))):
@@ -1067,19 +1129,28 @@ class PopulationModel:
             )
         if map_steps > 0:
             x0 = fit_map(self, x0, steps=map_steps, learning_rate=learning_rate)
+        scale = np.full(self.dim, jitter)
+        inverse_mass = None
+        if curvature:
+            h = curvature_diagonal(self, x0)
+            ok = np.isfinite(h) & (h > 0)
+            var = np.where(ok, 1.0 / np.where(ok, h, 1.0), jitter**2)
+            var = np.clip(var, 1e-8, 1e2)
+            scale = np.minimum(jitter, np.sqrt(var))
+            inverse_mass = var
         keys = jax.random.split(key, n_chains)
         out = []
         for k in keys:
-            scale = jitter
+            shrink = 1.0
             x = x0
             for _ in range(8):
-                cand = x0 + scale * jax.random.normal(k, x0.shape, x0.dtype)
+                cand = x0 + shrink * jnp.asarray(scale) * jax.random.normal(k, x0.shape, x0.dtype)
                 if np.isfinite(float(self.logdensity(cand))):
                     x = cand
                     break
-                scale /= 2
+                shrink /= 2
             out.append(x)
-        return jnp.stack(out)
+        return jnp.stack(out), inverse_mass
 
     # ------------------------------------------------------------------ predictive checks
     def simulate_predictive(self, values, key: Array, *, n_replicates: int | None = None) -> PredictiveSample:
@@ -1123,10 +1194,17 @@ def fit_map(
     def step(x, state):
         val, g = pm.value_and_grad(x)
         good = jnp.isfinite(val) & jnp.all(jnp.isfinite(g))
-        g = jnp.where(good, g, 0.0)
+        g = jnp.where(good & ~frozen, g, 0.0)
         upd, new_state = opt.update(-g, state, x)
         x_new = optax.apply_updates(x, upd)
         return jnp.where(good, x_new, x), new_state, val
+
+    # Centred: the joint mode is at ω -> 0 (the -N·log ω term), so ω stays where it starts.
+    frozen = jnp.zeros(pm.dim, bool)
+    if pm.parametrization == "centered":
+        tree = pm._tree(jnp.zeros(pm.dim))
+        frozen = ravel_pytree({k: jnp.full(v.shape, k == "log_omega") for k, v in tree.items()})[0]
+        frozen = frozen.astype(bool)
 
     state = opt.init(x)
     best_x, best_v = x, -np.inf
@@ -1140,6 +1218,26 @@ def fit_map(
     if np.isfinite(v) and v >= best_v:
         best_x = x
     return best_x
+
+
+def curvature_diagonal(pm: PopulationModel, position: Array, *, rel_step: float = 1e-5,
+                       batch: int = 64) -> np.ndarray:
+    """Diagonal of the negative Hessian of the log-density at `position`, by forward differences
+    of the gradient (``dim + 1`` gradient evaluations, vmapped in batches of `batch`):
+    ``H_ii ≈ -(∂_i log p(x + h e_i) - ∂_i log p(x)) / h`` with ``h = rel_step·max(1, |x_i|)``.
+    Non-finite entries are returned as NaN (the caller decides)."""
+    x = jnp.asarray(position, float)
+    d = x.shape[0]
+    h = rel_step * jnp.maximum(1.0, jnp.abs(x))
+    _, g0 = pm.value_and_grad(x)
+    grad = jax.jit(jax.vmap(lambda i: jax.grad(pm._logdensity)(x.at[i].add(h[i]))[i]))
+    out = []
+    for lo in range(0, d, batch):
+        idx = jnp.minimum(jnp.arange(lo, lo + batch), d - 1)  # one shape: one compilation
+        out.append(np.asarray(grad(idx))[: min(batch, d - lo)])
+    gi = np.concatenate(out)
+    hess = -(gi - np.asarray(g0)) / np.asarray(h)
+    return np.where(np.isfinite(hess), hess, np.nan)
 
 
 # ============================================================================ predictive
@@ -1184,7 +1282,7 @@ def simulate_predictive(
     def one(x, k):
         tree = pm._tree(x)
         k_eta, k1, k2 = jax.random.split(k, 3)
-        tree = {**tree, "eta": jax.random.normal(k_eta, tree["eta"].shape, tree["eta"].dtype)}
+        tree = pm._with_standard_eta(tree, jax.random.normal(k_eta, tree["eta"].shape, tree["eta"].dtype))
         theta = pm._to_natural(pm._individual_u(tree))
         pred, ok = pm._map_subjects(pm._predict, theta, pm._times, *pm._reg)
         f = jnp.where(pm._dvid == 2, pred[:, 1], pred[:, 0])

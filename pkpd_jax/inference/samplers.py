@@ -136,6 +136,9 @@ class MCMCResult(NamedTuple):
         Wall time of the warm-up (including its compilation).
     interrupted
         True when a ``KeyboardInterrupt`` stopped the run; the arrays hold the draws made so far.
+    warmup_steps, warmup_step_size, warmup_acceptance
+        QHMC: ``(num_warmup,)`` leapfrog steps (per chain), step size and mean acceptance
+        probability of each warm-up iteration (``None`` for NUTS), to see where warm-up time goes.
     """
 
     draws: np.ndarray
@@ -154,6 +157,9 @@ class MCMCResult(NamedTuple):
     wall_s: float
     warmup_s: float
     interrupted: bool
+    warmup_steps: np.ndarray | None = None
+    warmup_step_size: np.ndarray | None = None
+    warmup_acceptance: np.ndarray | None = None
 
     @property
     def num_chains(self) -> int:
@@ -182,6 +188,12 @@ class QHMCOptions:
         derives it from ``T`` and the step size.
     max_num_steps
         Upper bound on leapfrog steps per iteration.
+    max_warmup_steps
+        Upper bound on leapfrog steps per *warm-up* iteration (default 100). Early in warm-up,
+        before the mass centre is adapted, dual averaging can drive the step size to tiny
+        values for a few iterations; uncapped, ``T / eps`` then costs ``max_num_steps``
+        gradients per iteration for no benefit (the warm-up needs acceptance statistics and
+        positions near the typical set, not long trajectories).
     initial_step_size
         Starting point of dual averaging (and the step size if ``num_warmup == 0``).
     num_probes
@@ -203,6 +215,7 @@ class QHMCOptions:
     trajectory_length: float | None = None
     num_integration_steps: int | None = None
     max_num_steps: int = 1000
+    max_warmup_steps: int = 100
     initial_step_size: float = 1.0
     num_probes: int = 4
     divergence_threshold: float = 1000.0
@@ -231,6 +244,7 @@ class QHMCOptions:
             self.num_integration_steps,
         )
         _check(self.max_num_steps >= 1, "max_num_steps", "an integer >= 1", self.max_num_steps)
+        _check(self.max_warmup_steps >= 1, "max_warmup_steps", "an integer >= 1", self.max_warmup_steps)
         _check(self.initial_step_size > 0, "initial_step_size", "> 0", self.initial_step_size)
         _check(self.num_probes >= 1, "num_probes", "an integer >= 1", self.num_probes)
         _check(self.divergence_threshold > 0, "divergence_threshold", "> 0", self.divergence_threshold)
@@ -319,15 +333,17 @@ class _QHMCWarmup(NamedTuple):
     count: jax.Array
 
 
-def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size):
-    """Leapfrog steps of one iteration: ``ceil(u T / eps)``, ``u ~ U[1-j, 1+j]``, clipped."""
+def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size, warmup: bool = False):
+    """Leapfrog steps of one iteration: ``ceil(u T / eps)``, ``u ~ U[1-j, 1+j]``, clipped to
+    ``max_num_steps`` (``max_warmup_steps`` during warm-up)."""
     if opts.num_integration_steps is not None:
         return jnp.asarray(opts.num_integration_steps, dtype=jnp.int32)
+    cap = min(opts.max_warmup_steps, opts.max_num_steps) if warmup else opts.max_num_steps
     j = opts.step_jitter
     u = jax.random.uniform(key, (), dtype=jnp.result_type(step_size), minval=1 - j, maxval=1 + j)
     n = jnp.ceil(u * trajectory_length / step_size)
-    n = jnp.nan_to_num(n, nan=1.0, posinf=float(opts.max_num_steps))
-    return jnp.clip(n, 1, opts.max_num_steps).astype(jnp.int32)
+    n = jnp.nan_to_num(n, nan=1.0, posinf=float(cap))
+    return jnp.clip(n, 1, cap).astype(jnp.int32)
 
 
 def _qhmc_transition(logdensity_fn, opts: QHMCOptions, key, shared_key, state, params: _QHMCParams):
@@ -342,42 +358,36 @@ def _qhmc_transition(logdensity_fn, opts: QHMCOptions, key, shared_key, state, p
     return state, (info.acceptance_rate, info.is_divergent, info.energy, n)
 
 
-def _qhmc_warmup(logdensity_fn, opts: QHMCOptions, num_warmup: int, key, positions):
-    """Cross-chain QHMC warm-up (see the module docstring): one ``lax.scan`` over Stan's window
-    schedule, chains vmapped inside, step size / mass centre / path length shared and estimated
-    from all chains. Returns the chain states and per-chain (broadcast) ``_QHMCParams``."""
+def _qhmc_broadcast(num_chains, d, step_size, inverse_mass, trajectory_length) -> _QHMCParams:
+    return _QHMCParams(
+        jnp.broadcast_to(step_size, (num_chains,)),
+        jnp.broadcast_to(inverse_mass, (num_chains, d)),
+        jnp.broadcast_to(trajectory_length, (num_chains,)),
+    )
+
+
+def _qhmc_warmup_init(logdensity_fn, opts: QHMCOptions, key, positions, inverse_mass0, eps0) -> _QHMCWarmup:
+    """Initial warm-up carry: chain states, dual averaging from ``eps0``, the mass
+    centre ``inverse_mass0`` (e.g. the inverse curvature at the MAP; ones by default) and
+    ``T = pi/2`` (or the fixed ``trajectory_length``)."""
     num_chains, d = positions.shape
     dtype = positions.dtype
-    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
-    da_init, da_update, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
-    mm_init, mm_update, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
+    da_init, _, _ = dual_averaging_adaptation(opts.target_acceptance_rate)
+    mm_init, _, _ = mass_matrix_adaptation(is_diagonal_matrix=True)
     fixed_t = opts.trajectory_length
     t0 = jnp.asarray(math.pi / 2 if fixed_t is None else fixed_t, dtype)
-    eps0 = jnp.asarray(opts.initial_step_size, dtype)
+    eps0 = jnp.asarray(eps0, dtype)
     states = jax.vmap(lambda x: qhmc.init(x, logdensity_fn))(positions)
-
-    def broadcast(step_size, inverse_mass, trajectory_length):
-        return _QHMCParams(
-            jnp.broadcast_to(step_size, (num_chains,)),
-            jnp.broadcast_to(inverse_mass, (num_chains, d)),
-            jnp.broadcast_to(trajectory_length, (num_chains,)),
-        )
-
-    if num_warmup == 0:
-        return states, broadcast(eps0, jnp.ones(d, dtype), t0)
-
-    key_probe, key_scan = jax.random.split(key)
     k = min(opts.num_probes, d)
-    probes = jax.random.normal(key_probe, (k, d), dtype)
+    probes = jax.random.normal(key, (k, d), dtype)
     probes = probes / jnp.linalg.norm(probes, axis=1, keepdims=True)
     as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
-    mm = mm_init(d)
-    carry = _QHMCWarmup(
+    return _QHMCWarmup(
         states=states,
         da=as_dtype(da_init(eps0)),
-        mm=as_dtype(mm),
+        mm=as_dtype(mm_init(d)),
         step_size=eps0,
-        inverse_mass=jnp.asarray(mm.inverse_mass_matrix, dtype),
+        inverse_mass=jnp.asarray(inverse_mass0, dtype),
         trajectory_length=t0,
         probes=probes,
         probe_acc=jnp.zeros((k, d), dtype),
@@ -385,6 +395,21 @@ def _qhmc_warmup(logdensity_fn, opts: QHMCOptions, num_warmup: int, key, positio
         shift=jnp.mean(positions, axis=0),
         count=jnp.zeros((), dtype),
     )
+
+
+def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, keys, stage, window_end, valid):
+    """Advance the cross-chain QHMC warm-up (see the module docstring) over a slice of Stan's
+    window schedule: one ``lax.scan``, chains vmapped inside, step size / mass centre / path
+    length shared and estimated from all chains. Iterations with ``valid == False`` (padding of
+    the last slice) leave the carry unchanged. Returns the carry and, per iteration, the
+    leapfrog steps, the step size used and the mean acceptance probability over chains."""
+    num_chains, d = carry.states.position.shape
+    dtype = carry.states.position.dtype
+    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
+    da_init, da_update, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
+    _, mm_update, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
+    fixed_t = opts.trajectory_length
+    as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
 
     def end_window(c: _QHMCWarmup) -> _QHMCWarmup:
         mm = as_dtype(mm_final(c.mm))
@@ -420,11 +445,11 @@ def _qhmc_warmup(logdensity_fn, opts: QHMCOptions, num_warmup: int, key, positio
         acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
         return state, acc
 
-    def one_step(c: _QHMCWarmup, xs):
-        key, stage, window_end = xs
+    def one_step(c: _QHMCWarmup, key, stage, window_end):
         key_chains, key_steps = jax.random.split(key)
         keys = jax.random.split(key_chains, num_chains)
-        n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size)  # all chains
+        n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size, warmup=True)  # all chains
+        step_size = c.step_size
         states, acc = jax.vmap(partial(chain_step, c, n))(keys, c.states)
         da = da_update(c.da, jnp.mean(acc))
         slow = stage == 1
@@ -447,15 +472,29 @@ def _qhmc_warmup(logdensity_fn, opts: QHMCOptions, num_warmup: int, key, positio
             shift=jnp.where(slow, shift, c.shift),
             count=c.count + w * num_chains,
         )
-        ended = end_window(c)
-        c = jax.tree.map(lambda a, b: jnp.where(window_end, a, b), ended, c)
-        return c, None
+        c = jax.lax.cond(window_end, end_window, lambda c_: c_, c)
+        return c, (n, step_size, jnp.mean(acc))
 
-    schedule = build_schedule(num_warmup)
-    keys = jax.random.split(key_scan, num_warmup)
-    carry, _ = jax.lax.scan(one_step, carry, (keys, schedule[:, 0], schedule[:, 1].astype(bool)))
-    step_size = da_final(carry.da).astype(dtype)
-    return carry.states, broadcast(step_size, carry.inverse_mass, carry.trajectory_length)
+    def maybe_step(c: _QHMCWarmup, xs):
+        key, stage, window_end, ok = xs
+        skipped = (jnp.zeros((), jnp.int32), jnp.zeros((), dtype), jnp.zeros((), dtype))
+        return jax.lax.cond(
+            ok, lambda c_: one_step(c_, key, stage, window_end), lambda c_: (c_, skipped), c
+        )
+
+    return jax.lax.scan(maybe_step, carry, (keys, stage, window_end, valid))
+
+
+def _qhmc_warmup_final(carry: _QHMCWarmup, opts: QHMCOptions, num_warmup: int):
+    num_chains, d = carry.states.position.shape
+    dtype = carry.states.position.dtype
+    if num_warmup == 0:
+        step_size = jnp.asarray(opts.initial_step_size, dtype)
+    else:
+        _, _, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
+        step_size = da_final(carry.da).astype(dtype)
+    params = _qhmc_broadcast(num_chains, d, step_size, carry.inverse_mass, carry.trajectory_length)
+    return carry.states, params
 
 
 # --------------------------------------------------------------------------------------- NUTS
@@ -504,7 +543,6 @@ def _nuts_warmup(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, positio
     return jax.vmap(partial(_nuts_warmup_one, logdensity_fn, opts, num_warmup))(keys, positions)
 
 
-_WARMUP = {QHMCOptions: _qhmc_warmup, NUTSOptions: _nuts_warmup}
 _TRANSITION = {QHMCOptions: _qhmc_transition, NUTSOptions: _nuts_transition}
 
 
@@ -516,7 +554,79 @@ def _initial_logdensity(logdensity_fn, positions):
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "opts", "num_warmup"))
 def _warmup(logdensity_fn, opts, num_warmup: int, key, positions):
-    return _WARMUP[type(opts)](logdensity_fn, opts, num_warmup, key, positions)
+    return _nuts_warmup(logdensity_fn, opts, num_warmup, key, positions)
+
+
+@partial(jax.jit, static_argnames=("logdensity_fn", "opts"))
+def _one_leapfrog_acceptance(logdensity_fn, opts: QHMCOptions, key, positions, inverse_mass, step_size):
+    """Mean over chains of the acceptance probability of one leapfrog step (fixed mass centre)."""
+    kernel = blackjax.hmc.build_kernel(integrator=opts.integrator)
+    keys = jax.random.split(key, positions.shape[0])
+
+    def one(k, x):
+        state = blackjax.hmc.init(x, logdensity_fn)
+        _, info = kernel(k, state, logdensity_fn, step_size, inverse_mass, 1)
+        return jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
+
+    return jnp.mean(jax.vmap(one)(keys, positions))
+
+
+def _reasonable_step_size(fn, opts: QHMCOptions, key, positions, inverse_mass, max_tries: int = 40) -> float:
+    """Stan's heuristic: double or halve the step size from ``initial_step_size`` until the
+    one-step acceptance probability crosses 0.5 (a start for dual averaging, whose first
+    iterations otherwise swing over orders of magnitude)."""
+    eps = float(opts.initial_step_size)
+    acc = float(_one_leapfrog_acceptance(fn, opts, key, positions, inverse_mass, eps))
+    direction = 1.0 if acc > 0.5 else -1.0
+    for i in range(max_tries):
+        new = eps * 2.0**direction
+        key_i = jax.random.fold_in(key, i)
+        acc = float(_one_leapfrog_acceptance(fn, opts, key_i, positions, inverse_mass, new))
+        if (direction > 0 and acc < 0.5) or (direction < 0 and acc > 0.5):
+            return new if direction < 0 else eps
+        eps = new
+    return eps
+
+
+_qhmc_init_jit = jax.jit(_qhmc_warmup_init, static_argnames=("logdensity_fn", "opts"))
+_qhmc_chunk_jit = jax.jit(_qhmc_warmup_chunk, static_argnames=("logdensity_fn", "opts"))
+_qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
+
+
+def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chunk, on_chunk):
+    """QHMC warm-up in jitted slices of `chunk` iterations (same numbers as one scan: the per-
+    iteration keys and the schedule do not depend on `chunk`); `on_chunk(done, chunk_stats)` reports
+    progress.
+    Returns states, params and per-iteration ``(steps, step_size, acceptance)`` numpy arrays."""
+    dtype = positions.dtype
+    d = positions.shape[1]
+    inverse_mass0 = jnp.ones(d, dtype) if inverse_mass0 is None else jnp.asarray(inverse_mass0, dtype)
+    key_probe, key_scan, key_eps = jax.random.split(key, 3)
+    eps0 = opts.initial_step_size
+    if num_warmup > 0:
+        eps0 = _reasonable_step_size(fn, opts, key_eps, positions, inverse_mass0)
+    carry = _qhmc_init_jit(fn, opts, key_probe, positions, inverse_mass0, eps0)
+    stats = []
+    if num_warmup > 0:
+        schedule = np.asarray(build_schedule(num_warmup))
+        keys = jax.random.split(key_scan, num_warmup)
+        n_chunks = -(-num_warmup // chunk)
+        pad = n_chunks * chunk - num_warmup
+        stage = np.concatenate([schedule[:, 0], np.zeros(pad)]).astype(np.int32)
+        window_end = np.concatenate([schedule[:, 1], np.zeros(pad)]).astype(bool)
+        valid = np.arange(n_chunks * chunk) < num_warmup
+        keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (pad, *keys.shape[1:]))]) if pad else keys
+        for i in range(n_chunks):
+            sl = slice(i * chunk, (i + 1) * chunk)
+            carry, st = _qhmc_chunk_jit(fn, opts, carry, keys[sl], stage[sl], window_end[sl], valid[sl])
+            stats.append(tuple(np.asarray(a) for a in st))
+            on_chunk(min((i + 1) * chunk, num_warmup), stats[-1])
+    states, params = _qhmc_final_jit(carry, opts, num_warmup)
+    if stats:
+        steps, eps, acc = (np.concatenate([s_[j] for s_ in stats])[:num_warmup] for j in range(3))
+    else:
+        steps, eps, acc = np.zeros(0, np.int32), np.zeros(0, dtype), np.zeros(0, dtype)
+    return states, params, (steps, eps, acc)
 
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "opts", "num_draws", "thin"))
@@ -619,6 +729,7 @@ def sample(
     seed: int = 0,
     progress: bool = True,
     chunk: int = 100,
+    inverse_mass_init=None,
     **sampler_options,
 ) -> MCMCResult:
     """Warm up and sample ``chains`` chains of ``sampler`` in parallel.
@@ -640,7 +751,14 @@ def sample(
     progress
         Show a ``rich`` progress bar.
     chunk
-        Iterations per jitted call between progress updates (``max(1, chunk // thin)`` draws).
+        Iterations per jitted call between progress updates (``max(1, chunk // thin)`` draws;
+        QHMC's warm-up also advances in slices of ``chunk`` iterations).
+    inverse_mass_init
+        QHMC only: ``(dim,)`` diagonal inverse mass for the first (fast) warm-up window, e.g.
+        the inverse curvature of the log density at its mode; ones when ``None``. A good start
+        keeps the early step size (hence the leapfrog count per iteration) reasonable when the
+        coordinates have very different scales; the slow windows replace it by the estimated
+        posterior variances.
     **sampler_options
         :class:`QHMCOptions` or :class:`NUTSOptions` fields.
 
@@ -672,12 +790,37 @@ def sample(
     outs: list[tuple[np.ndarray, ...]] = []
     interrupted = False
     states = params = None
+    warmup_stats = None
+    if inverse_mass_init is not None:
+        inverse_mass_init = np.asarray(inverse_mass_init, dtype=np.asarray(positions).dtype)
+        if sampler != "qhmc":
+            raise ValueError("sample: inverse_mass_init is a QHMC option (NUTS starts from ones)")
+        if inverse_mass_init.shape != (dim,) or not np.all(np.isfinite(inverse_mass_init)) or np.any(
+            inverse_mass_init <= 0
+        ):
+            raise ValueError(
+                f"sample: inverse_mass_init must be {dim} finite positive numbers, got shape "
+                f"{inverse_mass_init.shape}"
+            )
     warmup_s = 0.0
     with _progress_bar(progress) as bar:
         try:
             if bar is not None:
-                task_w = bar.add_task(f"{sampler} warm-up ({num_chains} chains)", total=None)
-            states, params = _warmup(fn, opts, num_warmup, key_warmup, positions)
+                total = num_warmup if sampler == "qhmc" and num_warmup > 0 else None
+                task_w = bar.add_task(f"{sampler} warm-up ({num_chains} chains)", total=total)
+            if sampler == "qhmc":
+
+                def on_chunk(done, stats):
+                    if bar is not None:
+                        steps = int(np.max(stats[0]))
+                        bar.update(task_w, completed=done, description=(
+                            f"{sampler} warm-up ({num_chains} chains, <= {steps} leapfrog steps/it)"))
+
+                states, params, warmup_stats = _qhmc_warmup_driver(
+                    fn, opts, num_warmup, key_warmup, positions, inverse_mass_init, chunk, on_chunk
+                )
+            else:
+                states, params = _warmup(fn, opts, num_warmup, key_warmup, positions)
             jax.block_until_ready(params)
             warmup_s = time.perf_counter() - t_start
             if bar is not None:
@@ -710,11 +853,25 @@ def sample(
         wall_s,
         warmup_s,
         interrupted,
+        warmup_stats,
     )
 
 
 def _assemble(
-    outs, params, opts, sampler, num_chains, dim, dtype, num_warmup, thin, seed, wall_s, warmup_s, interrupted
+    outs,
+    params,
+    opts,
+    sampler,
+    num_chains,
+    dim,
+    dtype,
+    num_warmup,
+    thin,
+    seed,
+    wall_s,
+    warmup_s,
+    interrupted,
+    warmup_stats=None,
 ) -> MCMCResult:
     dtype = np.dtype(dtype)
     if outs:
@@ -754,4 +911,7 @@ def _assemble(
         wall_s=float(wall_s),
         warmup_s=float(warmup_s),
         interrupted=bool(interrupted),
+        warmup_steps=None if warmup_stats is None else warmup_stats[0],
+        warmup_step_size=None if warmup_stats is None else warmup_stats[1],
+        warmup_acceptance=None if warmup_stats is None else warmup_stats[2],
     )
