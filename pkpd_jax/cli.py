@@ -228,6 +228,11 @@ def fit(
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same draws.")] = 0,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("pkpd_fit"),
     plots: Annotated[bool, typer.Option(help="Write trace, pair, VPC and individual-fit plots.")] = True,
+    parametrization: Annotated[
+        str,
+        typer.Option(help="Random effects: 'auto' (centred for rich data, non-centred for sparse), "
+                     "'centered' or 'noncentered'."),
+    ] = "auto",
 ):
     """Fit a population (NLME-style) model with QHMC or NUTS; write summary.json, draws.parquet, plots."""
     from .inference.diagnostics import warning_table
@@ -246,6 +251,7 @@ def fit(
         seed=seed,
         out=out,
         plots=plots,
+        parametrization=parametrization,
         log=typer.echo,
     )
     from rich.console import Console

@@ -915,3 +915,18 @@ def test_starting_points_scale_the_jitter_by_the_curvature(tiny):
     scale = np.minimum(0.1, np.sqrt(inv_mass))
     assert np.all(np.abs(np.asarray(pts) - np.asarray(x0)) <= 5 * scale + 1e-15)
     assert len({tuple(np.asarray(p)) for p in pts}) == 4
+
+
+def test_data_weight_is_the_same_in_both_parametrisations(tiny):
+    """The data weight of a random effect (the data's curvature relative to the population
+    prior's) is the same number in both parametrisations."""
+    pm, x, eta = tiny
+    pc = PopulationModel(get_model(*TINY_MODEL), dataset(TINY), parametrization="centered")
+    xc = pc.to_position(TINY_VALUES, eta)
+    w_nc = pm.data_weight(x, curvature_diagonal(pm, x))
+    w_c = pc.data_weight(xc, curvature_diagonal(pc, xc))
+    assert w_nc.shape == (3, 5)
+    np.testing.assert_allclose(w_c, w_nc, rtol=0.05, atol=0.05)
+    assert np.ptp(w_nc) > 1.0  # it differs between subjects and parameters
+    with pytest.raises(ValueError, match="unknown block"):
+        pm.block_mask("theta")

@@ -105,6 +105,11 @@ def _draws_frame(fr: FitResult) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
+#: ``parametrization="auto"`` keeps the centred form when the median data weight of the random
+#: effects (data information relative to the population prior) is at least this.
+AUTO_CENTERED_MIN_WEIGHT = 2.0
+
+
 def fit(
     data,
     *,
@@ -122,9 +127,16 @@ def fit(
     progress: bool = True,
     plots: bool = True,
     map_steps: int = 300,
+    parametrization: str = "auto",
     log=print,
 ) -> FitResult:
     """Fit `pk` (+ `pd`) to `data` (a CSV path, a polars frame or a [`Dataset`][]).
+
+    `parametrization`: ``"centered"``, ``"noncentered"`` or ``"auto"`` (default): start centred
+    and switch to non-centred when the data do not outweigh the population prior for most random
+    effects (median of [`PopulationModel.data_weight`][] at the starting point below
+    `AUTO_CENTERED_MIN_WEIGHT`), i.e. sparse data. On the bundled example study (rich sampling)
+    the centred form needs 2-5x fewer leapfrog steps per iteration than the non-centred one.
 
     Every input problem (bad rows, missing covariate columns, a PD model without PD
     observations, no doses) raises a `ValueError` before anything is compiled.
@@ -139,14 +151,28 @@ def fit(
         )
     frame = data if isinstance(data, Dataset) else read_nonmem(data)
     dataset = frame if isinstance(frame, Dataset) else Dataset.from_frame(frame)
+    if parametrization not in ("auto", "centered", "noncentered"):
+        raise ValueError(
+            f"parametrization must be 'auto', 'centered' or 'noncentered'; got {parametrization!r}"
+        )
     model = get_model(pk, pd)
-    pm = PopulationModel(model, dataset, covariates, priors)
+    first = "centered" if parametrization == "auto" else parametrization
+    pm = PopulationModel(model, dataset, covariates, priors, parametrization=first)
     log(f"model {model.name}: {pm.n_subjects} subjects, {pm.dim} unknowns, covariates "
         f"{[e.name for e in pm.effects] or 'none'}")
 
     t0 = time.perf_counter()
     key = jax.random.key(seed)
     init, inverse_mass = pm.starting_points(key, chains, map_steps=map_steps)
+    if parametrization == "auto":
+        weight = float(np.nanmedian(pm.data_weight(*pm.last_start)))
+        if not weight >= AUTO_CENTERED_MIN_WEIGHT:
+            log(f"sparse data (median data weight {weight:.2g} < {AUTO_CENTERED_MIN_WEIGHT}): "
+                "non-centred random effects")
+            pm = PopulationModel(model, dataset, covariates, priors, parametrization="noncentered")
+            init, inverse_mass = pm.starting_points(key, chains, map_steps=map_steps)
+        else:
+            log(f"rich data (median data weight {weight:.2g}): centred random effects")
     log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps + curvature)")
     result = sample(
         pm.logdensity,
@@ -167,7 +193,8 @@ def fit(
     fr = FitResult(pm, result, table, warns, None if out is None else Path(out))
     if out is not None:
         save_fit(fr, out, data_frame=None if isinstance(frame, Dataset) else frame, plots=plots,
-                 meta={"pk": pk, "pd": pd, "covariates": covariates, "priors": priors})
+                 meta={"pk": pk, "pd": pd, "covariates": covariates, "priors": priors,
+                       "parametrization": pm.parametrization})
     return fr
 
 
@@ -206,7 +233,7 @@ def load_fit(path) -> tuple[PopulationModel, np.ndarray, dict]:
     meta = json.loads((path / "fit.json").read_text())
     dataset = Dataset.load(path / meta["data"])
     pm = PopulationModel(get_model(meta["pk"], meta["pd"]), dataset, meta["covariates"],
-                         meta.get("priors"))
+                         meta.get("priors"), parametrization=meta.get("parametrization", "noncentered"))
     positions = np.load(path / "positions.npy")
     return pm, positions, json.loads((path / "summary.json").read_text())
 

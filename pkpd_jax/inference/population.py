@@ -886,6 +886,27 @@ class PopulationModel:
     def _typical_u(self, tree):
         return tree["mu"][None, :] + self._X @ (tree["cov"][:, None] * self._A)
 
+    def block_mask(self, block: str) -> np.ndarray:
+        """Boolean ``(dim,)`` mask of one block of the position (``"mu"``, ``"cov"``,
+        ``"log_omega"``, ``"log_sigma"`` or ``"eta"``)."""
+        tree = self._tree(jnp.zeros(self.dim))
+        if block not in tree:
+            raise ValueError(f"unknown block {block!r}; expected one of {sorted(tree)}")
+        flat = ravel_pytree({k: jnp.full(v.shape, k == block) for k, v in tree.items()})[0]
+        return np.asarray(flat).astype(bool)
+
+    def data_weight(self, position, curvature: np.ndarray) -> np.ndarray:
+        """Per subject and BSV parameter ``(N, n_bsv)``: how much the subject's data outweigh the
+        population prior, ``H_ii·ω² - 1`` for the random-effect coordinates (centred:
+        ``H = 1/ω² + data information``; non-centred: ``H = 1 + ω²·data information``, scaled back).
+        Large values (≫ 1) favour the centred parametrisation, small ones the non-centred."""
+        tree = self._tree(jnp.asarray(position))
+        omega = np.exp(np.asarray(tree["log_omega"]))
+        h = np.asarray(curvature)[self.block_mask("eta")].reshape(self.n_subjects, len(self.bsv_params))
+        if self.parametrization == "centered":
+            return h * omega[None, :] ** 2 - 1.0
+        return h - 1.0
+
     def _individual_u(self, tree, omega=None):
         u = self._typical_u(tree)
         if self.parametrization == "centered":  # the "eta" block holds g(θ_i) of the BSV params
@@ -1131,8 +1152,10 @@ class PopulationModel:
             x0 = fit_map(self, x0, steps=map_steps, learning_rate=learning_rate)
         scale = np.full(self.dim, jitter)
         inverse_mass = None
+        self.last_start = (x0, None)
         if curvature:
             h = curvature_diagonal(self, x0)
+            self.last_start = (x0, h)
             ok = np.isfinite(h) & (h > 0)
             var = np.where(ok, 1.0 / np.where(ok, h, 1.0), jitter**2)
             var = np.clip(var, 1e-8, 1e2)
@@ -1202,9 +1225,7 @@ def fit_map(
     # Centred: the joint mode is at ω -> 0 (the -N·log ω term), so ω stays where it starts.
     frozen = jnp.zeros(pm.dim, bool)
     if pm.parametrization == "centered":
-        tree = pm._tree(jnp.zeros(pm.dim))
-        frozen = ravel_pytree({k: jnp.full(v.shape, k == "log_omega") for k, v in tree.items()})[0]
-        frozen = frozen.astype(bool)
+        frozen = jnp.asarray(pm.block_mask("log_omega"))
 
     state = opt.init(x)
     best_x, best_v = x, -np.inf
