@@ -1,0 +1,1 @@
+"""Amortized model selection: synthetic corpora, the Transformer encoder, training and evaluation."""
