@@ -41,10 +41,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Speed against peers (scipy solve_ivp, closed forms); writes benchmarks/results/."""
+    """Speed against peers (scipy solve_ivp, numpyro NUTS, circuit-by-circuit kernels, ...); writes
+    benchmarks/results/. `nox -s bench -- --quick` for a short run."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/bench_simulate.py", *session.posargs)
-    session.run("python", "benchmarks/bench_samplers.py", *session.posargs)
+    for script in ("simulate", "samplers", "likelihood", "corpus", "train", "qkernel", "trials"):
+        session.run("python", f"benchmarks/bench_{script}.py", *session.posargs)
 
 
 @nox.session
