@@ -187,6 +187,15 @@ def validate(
     typer.echo(str(run_validate(file)))
 
 
+#: Settings of `pkpd-jax run` (full / `--fast`).
+RUN_SETTINGS = {
+    "full": dict(chains=4, warmup=1000, samples=1000, n_virtual=1000, n_draws=100),
+    "fast": dict(chains=2, warmup=300, samples=200, n_virtual=300, n_draws=40),
+}
+#: The population model fitted by `run` when no selector decides (see model_selection.json).
+DEFAULT_PIPELINE_MODEL = ("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
+
+
 @app.command()
 @_friendly
 def run(
@@ -194,19 +203,137 @@ def run(
         Path | None, typer.Option(help="NONMEM-style CSV (default: the bundled example study).")
     ] = None,
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("pkpd_out"),
+    fast: Annotated[
+        bool, typer.Option(help="Fewer chains, draws and virtual subjects (a quick look).")
+    ] = False,
+    pk: Annotated[str | None, typer.Option(help="PK model (default: the study's selected model).")] = None,
+    pd: Annotated[str | None, typer.Option(help="PD model (default: the study's selected model).")] = None,
+    threshold: Annotated[float, typer.Option(help="Biomarker threshold to stay below.")] = 3.3,
+    seed: Annotated[int, typer.Option(help="Seed for every random step.")] = 0,
+    reuse_fit: Annotated[
+        bool, typer.Option(help="Reuse OUT/fit when it holds a finished fit of the same data and model.")
+    ] = True,
 ):
-    """Run the pipeline on a study (today: validate and summarise, with a data overview plot)."""
+    """The whole pipeline: validate, select the model, fit, in-silico trials, report.
+
+    Writes OUT/answers.json (the twelve dose answers with intervals), OUT/report.html and the
+    stage outputs (OUT/fit/, coverage plots, trial_curves.json).
+    """
+    import time
+
     from ._x64 import enable_x64
 
     enable_x64()
+    from .data import read_nonmem
     from .data.example import example_paths
+    from .inference.diagnostics import warning_table
+    from .inference.fit import fit as run_fit
+    from .report.html import write_report
     from .report.overview import study_overview
+    from .trials.dose_search import answer_questions, check_trial_inputs
 
+    check_trial_inputs(threshold=threshold, targets=(0.9, 0.75))  # before hours of work, not after
+    if data is not None and not Path(data).exists():
+        raise FileNotFoundError(f"no data file {data}")
+    settings = RUN_SETTINGS["fast" if fast else "full"]
     source = data if data is not None else example_paths()[0]
-    typer.echo(f"[1/1] validating {'bundled example study' if data is None else source}")
+    truth = example_paths()[1] if data is None else None
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.perf_counter()
+    timings = {}
+
+    typer.echo(f"[1/5] validating {'bundled example study' if data is None else source}")
+    t = time.perf_counter()
     summary = study_overview(source, out)
     typer.echo(summary["text"])
-    typer.echo(f"wrote {out / 'summary.json'} and {out / 'data_overview.png'}")
+    timings["validate_s"] = time.perf_counter() - t
+
+    typer.echo("[2/5] model selection")
+    selection = _select_model(source, pk, pd)
+    (out / "model_selection.json").write_text(json.dumps(selection, indent=2) + "\n")
+    typer.echo(f"      {selection['pk']} + {selection['pd']} ({selection['how']})")
+
+    typer.echo(f"[3/5] population fit ({settings['chains']} chains, {settings['warmup']} warm-up + "
+               f"{settings['samples']} draws)")
+    t = time.perf_counter()
+    fit_dir = out / "fit"
+    if reuse_fit and _finished_fit(fit_dir, source, selection, settings, seed):
+        typer.echo(f"      reusing the finished fit in {fit_dir}")
+    else:
+        fr = run_fit(
+            read_nonmem(source),
+            pk=selection["pk"],
+            pd=selection["pd"],
+            chains=settings["chains"],
+            warmup=settings["warmup"],
+            samples=settings["samples"],
+            seed=seed,
+            out=fit_dir,
+            log=lambda m: typer.echo(f"      {m}"),
+        )
+        from rich.console import Console
+
+        _print_fit_table(fr)
+        Console().print(warning_table(fr.warnings))
+        (fit_dir / "run_settings.json").write_text(json.dumps(
+            {"data": str(Path(source).resolve()), "pk": selection["pk"], "pd": selection["pd"],
+             "seed": seed, **{k: settings[k] for k in ("chains", "warmup", "samples")}}, indent=2) + "\n")
+    timings["fit_s"] = time.perf_counter() - t
+
+    typer.echo(f"[4/5] in-silico trials ({settings['n_virtual']} virtual subjects x "
+               f"{settings['n_draws']} posterior draws, daily and weekly, 3 scenarios)")
+    t = time.perf_counter()
+    answers = answer_questions(
+        fit_dir, n_virtual=settings["n_virtual"], n_draws=settings["n_draws"], seed=seed,
+        threshold=threshold, out_dir=out, data=source,
+    )
+    (out / "answers.json").write_text(json.dumps(answers, indent=2) + "\n")
+    timings["trials_s"] = time.perf_counter() - t
+
+    typer.echo("[5/5] report")
+    t = time.perf_counter()
+    report = write_report(out, fit_dir=fit_dir, answers=answers, truth=truth, model_selection=selection)
+    timings["report_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+    (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    _print_answers(answers)
+    typer.echo(f"wrote {out / 'answers.json'} and {report} ({timings['total_s']:.0f} s)")
+
+
+def _select_model(source, pk: str | None, pd: str | None) -> dict:
+    """The model to fit: the user's choice, else the default population model (no trained
+    selector is shipped yet; `pkpd-jax classify` will decide here once it is)."""
+    if pk is not None:
+        return {"pk": pk, "pd": pd, "how": "given on the command line"}
+    return {
+        "pk": DEFAULT_PIPELINE_MODEL[0],
+        "pd": DEFAULT_PIPELINE_MODEL[1] if pd is None else pd,
+        "how": "default population model (no shipped model selector yet)",
+    }
+
+
+def _finished_fit(fit_dir: Path, source, selection: dict, settings: dict, seed: int) -> bool:
+    path = fit_dir / "run_settings.json"
+    if not (path.exists() and (fit_dir / "summary.json").exists() and (fit_dir / "positions.npy").exists()):
+        return False
+    saved = json.loads(path.read_text())
+    want = {"data": str(Path(source).resolve()), "pk": selection["pk"], "pd": selection["pd"], "seed": seed,
+            **{k: settings[k] for k in ("chains", "warmup", "samples")}}
+    return saved == want
+
+
+def _print_answers(answers: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Dose answers (posterior-median coverage; 90% interval of the per-draw dose)")
+    for col in ("question", "dose (mg)", "interval (mg)"):
+        table.add_column(col, justify="left" if col == "question" else "right")
+    for key, val in answers.items():
+        lo, hi = (val.get("dose_interval") or [None, None])[:2]
+        fmt = lambda v: "not reached" if v is None else f"{v:g}"
+        table.add_row(key, fmt(val.get("dose")), f"[{fmt(lo)}, {fmt(hi)}]")
+    Console().print(table)
 
 
 @app.command()

@@ -141,11 +141,33 @@ def test_validate_ok_and_bad(tmp_path: Path):
     assert "Traceback" not in res.stderr
 
 
-def test_run_summarises_the_bundled_study(tmp_path: Path):
-    res = cli("run", "--out", str(tmp_path))
+def test_run_rejects_bad_input_before_any_work(tmp_path: Path):
+    res = cli("run", "--out", str(tmp_path), "--threshold", "-1")
+    assert res.returncode == 1 and "threshold must be" in res.stderr and "Traceback" not in res.stderr
+    res = cli("run", "--out", str(tmp_path), "--data", str(tmp_path / "missing.csv"))
+    assert res.returncode == 1 and "missing.csv" in res.stderr
+    assert not (tmp_path / "fit").exists()
+
+
+@pytest.mark.slow
+def test_run_fast_answers_the_dose_questions_on_the_bundled_study(tmp_path: Path):
+    """The whole pipeline (`run --fast`): data summary, fit, trials, report; every answer present."""
+    res = cli("run", "--fast", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_subjects"] == 48
-    assert {c["dose"]: c["subjects"] for c in summary["cohorts"]} == {0.0: 12, 1.0: 12, 3.0: 12, 10.0: 12}
-    assert sum(c["conc_obs"] > 0 for c in summary["cohorts"]) == 3  # placebo has no PK
-    assert (tmp_path / "data_overview.png").stat().st_size > 10_000
+    cohorts = {c["dose"]: c["subjects"] for c in summary["cohorts"]}
+    assert cohorts == {0.0: 12, 1.0: 12, 3.0: 12, 10.0: 12}
+    answers = json.loads((tmp_path / "answers.json").read_text())
+    scenarios = ("", "_bw70_140", "_nocomed")
+    keys = {f"{r}_{t}{s}" for r in ("daily", "weekly") for t in (90, 75) for s in scenarios}
+    assert set(answers) == keys
+    for k, v in answers.items():
+        assert v["dose"] is not None, k
+        lo, hi = v["dose_interval"]
+        assert lo <= v["dose"] <= hi, k
+    for k in ("daily", "weekly"):
+        for s in ("", "_bw70_140", "_nocomed"):
+            assert answers[f"{k}_75{s}"]["dose"] <= answers[f"{k}_90{s}"]["dose"]
+    html = (tmp_path / "report.html").read_text()
+    assert "data:image/png;base64," in html and "daily_90" in html
