@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     machine = {"platform": platform.platform(), "python": sys.version.split()[0], "jax": jax.__version__,
                "devices": [str(d) for d in jax.devices()], "cpu_count": os.cpu_count()}
     payload = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": machine,
-               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+               "args": {k: v for k, v in vars(args).items() if not isinstance(v, Path)},  # no machine paths
                "results": rows}
     lines = [f"Training throughput, batch {args.batch_size}, T = {args.n_times}, F = {args.n_features}, "
              f"{N_CLASSES} classes, {N_PARAMS} parameter slots, float32 on {jax.devices()[0].platform} "
