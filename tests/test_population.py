@@ -906,9 +906,12 @@ def test_curvature_diagonal_matches_second_differences(tiny):
 
 def test_starting_points_scale_the_jitter_by_the_curvature(tiny):
     pm, x, _ = tiny
-    pts, inv_mass = pm.starting_points(jax.random.key(3), 4, map_steps=0, jitter=0.1)
+    start = pm.starting_points(jax.random.key(3), 4, map_steps=0, jitter=0.1)
+    pts, inv_mass = start.positions, start.inverse_mass
     x0 = pm.prior_median_position()
+    np.testing.assert_array_equal(start.mode, x0)  # no MAP steps: the prior medians
     h = curvature_diagonal(pm, x0)
+    np.testing.assert_allclose(start.curvature, h, rtol=1e-12)
     ok = h > 0
     np.testing.assert_allclose(inv_mass[ok], np.clip(1 / h[ok], 1e-8, 1e2), rtol=1e-12)
     # each coordinate moved by at most ~5 of its own scale min(0.1, 1/sqrt(H_ii))

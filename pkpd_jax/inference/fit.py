@@ -163,27 +163,27 @@ def fit(
 
     t0 = time.perf_counter()
     key = jax.random.key(seed)
-    init, inverse_mass = pm.starting_points(key, chains, map_steps=map_steps)
+    start = pm.starting_points(key, chains, map_steps=map_steps)
     if parametrization == "auto":
-        weight = float(np.nanmedian(pm.data_weight(*pm.last_start)))
+        weight = float(np.nanmedian(pm.data_weight(start.mode, start.curvature)))
         if not weight >= AUTO_CENTERED_MIN_WEIGHT:
             log(f"sparse data (median data weight {weight:.2g} < {AUTO_CENTERED_MIN_WEIGHT}): "
                 "non-centred random effects")
             pm = PopulationModel(model, dataset, covariates, priors, parametrization="noncentered")
-            init, inverse_mass = pm.starting_points(key, chains, map_steps=map_steps)
+            start = pm.starting_points(key, chains, map_steps=map_steps)
         else:
             log(f"rich data (median data weight {weight:.2g}): centred random effects")
     log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps + curvature)")
     result = sample(
         pm.logdensity,
-        init,
+        start.positions,
         sampler=sampler,
         num_warmup=warmup,
         num_samples=samples,
         thin=thin,
         seed=seed,
         progress=progress,
-        **({"inverse_mass_init": inverse_mass} if sampler == "qhmc" else {}),
+        **({"inverse_mass_init": start.inverse_mass} if sampler == "qhmc" else {}),
     )
     vals = pm.unflatten(result.draws)
     names = list(pm.names)

@@ -118,6 +118,7 @@ __all__ = [
     "PopulationDataWarning",
     "PopulationModel",
     "PredictiveSample",
+    "StartingPoints",
     "curvature_diagonal",
     "fit_map",
     "simulate_predictive",
@@ -520,6 +521,15 @@ def _halfnormal_logpdf(x, scale):
 
 def _normal_logpdf(x, loc, scale):
     return -0.5 * math.log(2.0 * math.pi) - jnp.log(scale) - 0.5 * ((x - loc) / scale) ** 2
+
+
+class StartingPoints(NamedTuple):
+    """What [`PopulationModel.starting_points`][] returns."""
+
+    positions: Array  # (chains, dim)
+    inverse_mass: np.ndarray | None  # (dim,) from the curvature, or None
+    mode: Array  # (dim,) the optimised point the chains scatter around
+    curvature: np.ndarray | None  # (dim,) diagonal of the negative Hessian at `mode`, or None
 
 
 class PredictiveSample(NamedTuple):
@@ -1116,7 +1126,7 @@ class PopulationModel:
         """``(n_chains, dim)`` starting points with finite log-density (see [`starting_points`][])."""
         return self.starting_points(
             key, n_chains, map_steps=map_steps, learning_rate=learning_rate, jitter=jitter
-        )[0]
+        ).positions
 
     def starting_points(
         self,
@@ -1127,8 +1137,9 @@ class PopulationModel:
         learning_rate: float = 0.05,
         jitter: float = 0.1,
         curvature: bool = True,
-    ) -> tuple[Array, np.ndarray | None]:
-        """Starting points ``(n_chains, dim)`` and a diagonal inverse mass ``(dim,)`` for HMC.
+    ) -> StartingPoints:
+        """Starting points ``(n_chains, dim)`` and a diagonal inverse mass ``(dim,)`` for HMC,
+        with the point they scatter around (`mode`) and its curvature (for [`data_weight`][]).
 
         From the prior medians, `map_steps` Adam steps on the full position (η included; 0 skips
         the optimisation). With `curvature`, the diagonal of the negative Hessian at that point
@@ -1152,10 +1163,9 @@ class PopulationModel:
             x0 = fit_map(self, x0, steps=map_steps, learning_rate=learning_rate)
         scale = np.full(self.dim, jitter)
         inverse_mass = None
-        self.last_start = (x0, None)
+        h = None
         if curvature:
             h = curvature_diagonal(self, x0)
-            self.last_start = (x0, h)
             ok = np.isfinite(h) & (h > 0)
             var = np.where(ok, 1.0 / np.where(ok, h, 1.0), jitter**2)
             var = np.clip(var, 1e-8, 1e2)
@@ -1173,7 +1183,7 @@ class PopulationModel:
                     break
                 shrink /= 2
             out.append(x)
-        return jnp.stack(out), inverse_mass
+        return StartingPoints(jnp.stack(out), inverse_mass, x0, h)
 
     # ------------------------------------------------------------------ predictive checks
     def simulate_predictive(self, values, key: Array, *, n_replicates: int | None = None) -> PredictiveSample:
