@@ -171,3 +171,29 @@ def test_run_fast_answers_the_dose_questions_on_the_bundled_study(tmp_path: Path
             assert answers[f"{k}_75{s}"]["dose"] <= answers[f"{k}_90{s}"]["dose"]
     html = (tmp_path / "report.html").read_text()
     assert "data:image/png;base64," in html and "daily_90" in html
+
+
+def test_run_reuses_a_fit_only_when_data_model_seed_and_settings_match(tmp_path: Path):
+    from pkpd_jax.cli import RUN_SETTINGS, _finished_fit, _select_model
+
+    data = tmp_path / "study.csv"
+    data.write_text("ID,TIME\n")
+    sel = _select_model(data, None, None)
+    assert (sel["pk"], sel["pd"]) == ("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
+    given = {"pk": "pk_1c_iv", "pd": None, "how": "given on the command line"}
+    assert _select_model(data, "pk_1c_iv", None) == given
+    fit_dir = tmp_path / "fit"
+    fast = RUN_SETTINGS["fast"]
+    assert not _finished_fit(fit_dir, data, sel, fast, 0)  # nothing there
+    fit_dir.mkdir()
+    for name in ("summary.json", "positions.npy"):
+        (fit_dir / name).write_text("x")
+    saved = {"data": str(data.resolve()), "pk": sel["pk"], "pd": sel["pd"], "seed": 0,
+             **{k: fast[k] for k in ("chains", "warmup", "samples")}}
+    (fit_dir / "run_settings.json").write_text(json.dumps(saved))
+    assert _finished_fit(fit_dir, data, sel, fast, 0)
+    assert not _finished_fit(fit_dir, data, sel, fast, 1)  # other seed
+    assert not _finished_fit(fit_dir, data, sel, RUN_SETTINGS["full"], 0)  # other settings
+    assert not _finished_fit(fit_dir, data, {**sel, "pd": "pd_direct_emax"}, fast, 0)  # other model
+    (fit_dir / "positions.npy").unlink()
+    assert not _finished_fit(fit_dir, data, sel, fast, 0)  # unfinished fit
