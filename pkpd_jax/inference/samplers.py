@@ -294,22 +294,59 @@ _OPTIONS = {"qhmc": QHMCOptions, "nuts": NUTSOptions}
 
 
 class _StaticFn:
-    """Hashable-by-identity wrapper so that ``logdensity_fn`` can be a static jit argument
-    (cache hits for the same function object, even if the function itself is unhashable)."""
+    """Hashable wrapper so that ``logdensity_fn`` can be a static jit argument (cache hits for
+    the same function object, even if the function itself is unhashable), together with the
+    number of devices the chains are split over (``shards``; part of the cache key)."""
 
-    __slots__ = ("fn",)
+    __slots__ = ("fn", "shards")
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, shards: int = 1):
         self.fn = fn
+        self.shards = int(shards)
 
     def __hash__(self) -> int:
-        return hash(id(self.fn))
+        return hash((id(self.fn), self.shards))
 
     def __eq__(self, other) -> bool:
-        return isinstance(other, _StaticFn) and other.fn is self.fn
+        return isinstance(other, _StaticFn) and other.fn is self.fn and other.shards == self.shards
 
     def __call__(self, x):
         return self.fn(x)
+
+
+def _chain_map(fn: _StaticFn, f: Callable, in_axes) -> Callable:
+    """``jax.vmap(f, in_axes)`` over chains, split over ``fn.shards`` devices with
+    ``jax.shard_map`` when there are several: each device runs its chains' vmapped transitions
+    (its own batched ODE loops) independently, so the two cores of a CPU host (with
+    ``--xla_force_host_platform_device_count=2``) each take half of the chains. Arguments with
+    ``in_axes`` ``None`` are replicated; every output carries the chain axis first. The numbers
+    are those of the plain ``vmap`` (each chain's arithmetic does not depend on its neighbours)."""
+    vf = jax.vmap(f, in_axes=in_axes)
+    if fn.shards <= 1:
+        return vf
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    mesh = Mesh(np.asarray(jax.devices()[: fn.shards]), ("chains",))
+    specs = tuple(P() if a is None else P("chains") for a in in_axes)
+    # check_vma=False: the ODE solver's while loops mix per-chain and replicated carries.
+    return jax.shard_map(vf, mesh=mesh, in_specs=specs, out_specs=P("chains"), check_vma=False)
+
+
+def _chain_shards(num_chains: int, requested: int | None = None) -> int:
+    """How many devices :func:`sample` splits ``num_chains`` chains over: ``requested`` if given
+    (it must divide the chains and not exceed the devices), else the largest divisor of
+    ``num_chains`` that is at most the number of local devices (1 on a default CPU set-up; 2 on
+    a 2-core host split with ``--xla_force_host_platform_device_count=2``, as the command line
+    does)."""
+    n_dev = jax.local_device_count()
+    if requested is not None:
+        if requested < 1 or num_chains % requested or requested > n_dev:
+            raise ValueError(
+                f"sample: chain_devices={requested} must divide the {num_chains} chains and be at "
+                f"most the {n_dev} available device(s)"
+            )
+        return int(requested)
+    return max(k for k in range(1, min(n_dev, num_chains) + 1) if num_chains % k == 0)
 
 
 # --------------------------------------------------------------------------------------- QHMC
@@ -440,17 +477,19 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
             count=jnp.zeros_like(c.count),
         )
 
-    def chain_step(c: _QHMCWarmup, n, key, state):
-        state, info = kernel(key, state, logdensity_fn, c.step_size, c.inverse_mass, opts.log_mass_sd, n)
+    def chain_step(key, state, step_size, inverse_mass, n):
+        state, info = kernel(key, state, logdensity_fn, step_size, inverse_mass, opts.log_mass_sd, n)
         acc = jnp.where(jnp.isfinite(info.acceptance_rate), info.acceptance_rate, 0.0)
         return state, acc
+
+    chain_steps = _chain_map(logdensity_fn, chain_step, (0, 0, None, None, None))
 
     def one_step(c: _QHMCWarmup, key, stage, window_end):
         key_chains, key_steps = jax.random.split(key)
         keys = jax.random.split(key_chains, num_chains)
         n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size, warmup=True)  # all chains
         step_size = c.step_size
-        states, acc = jax.vmap(partial(chain_step, c, n))(keys, c.states)
+        states, acc = chain_steps(keys, c.states, c.step_size, c.inverse_mass, n)
         da = da_update(c.da, jnp.mean(acc))
         slow = stage == 1
         x = states.position  # (C, d)
@@ -540,7 +579,8 @@ def _nuts_warmup_one(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, pos
 
 def _nuts_warmup(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, positions):
     keys = jax.random.split(key, positions.shape[0])
-    return jax.vmap(partial(_nuts_warmup_one, logdensity_fn, opts, num_warmup))(keys, positions)
+    one = partial(_nuts_warmup_one, logdensity_fn, opts, num_warmup)
+    return _chain_map(logdensity_fn, one, (0, 0))(keys, positions)
 
 
 _TRANSITION = {QHMCOptions: _qhmc_transition, NUTSOptions: _nuts_transition}
@@ -638,12 +678,13 @@ def _run_chunk(logdensity_fn, opts, num_draws: int, thin: int, states, params, k
     """
     transition = partial(_TRANSITION[type(opts)], logdensity_fn, opts)
     num_chains = jax.tree.leaves(states)[0].shape[0]
+    transitions = _chain_map(logdensity_fn, transition, (0, None, 0, 0))
 
     def one_iteration(states, i):
         key_i = jax.random.fold_in(key, i)
         keys = jax.random.split(key_i, num_chains)  # one per chain
         shared_key = jax.random.fold_in(key_i, num_chains)  # the same for every chain
-        return jax.vmap(transition, in_axes=(0, None, 0, 0))(keys, shared_key, states, params)
+        return transitions(keys, shared_key, states, params)
 
     def one_draw(states, j):
         iterations = start + j * thin + jnp.arange(thin)
@@ -730,6 +771,7 @@ def sample(
     progress: bool = True,
     chunk: int = 100,
     inverse_mass_init=None,
+    chain_devices: int | None = None,
     **sampler_options,
 ) -> MCMCResult:
     """Warm up and sample ``chains`` chains of ``sampler`` in parallel.
@@ -759,6 +801,10 @@ def sample(
         keeps the early step size (hence the leapfrog count per iteration) reasonable when the
         coordinates have very different scales; the slow windows replace it by the estimated
         posterior variances.
+    chain_devices
+        Split the chains over this many devices (``jax.shard_map``; it must divide the number
+        of chains). ``None``: as many local devices as divide the chains (one on a default CPU
+        set-up). The draws do not depend on it beyond floating-point round-off.
     **sampler_options
         :class:`QHMCOptions` or :class:`NUTSOptions` fields.
 
@@ -769,8 +815,8 @@ def sample(
     opts, positions = _validate(
         initial_positions, sampler, num_warmup, num_samples, thin, chunk, sampler_options
     )
-    fn = _StaticFn(logdensity_fn)
     num_chains, dim = positions.shape
+    fn = _StaticFn(logdensity_fn, _chain_shards(num_chains, chain_devices))
     t_start = time.perf_counter()
     init_ld = np.asarray(_initial_logdensity(fn, positions))
     if init_ld.shape != (num_chains,):
