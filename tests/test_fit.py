@@ -118,6 +118,36 @@ def test_fit_reloads_exactly(fitted):
     assert float(pm.logdensity(positions[0, -1])) == pytest.approx(float(lp_saved), rel=1e-12)
 
 
+def test_auto_parametrisation_centres_the_informed_random_effects(small_study, tmp_path, monkeypatch):
+    """`parametrization="auto"` decides per random effect: effects whose median data weight is at
+    least AUTO_CENTERED_MIN_WEIGHT stay centred, the others are non-centred (mapped from the
+    centred starting point); the mixed choice is saved and reloaded with the fit."""
+    from pkpd_jax.inference import fit as fit_module
+    from pkpd_jax.inference.population import PopulationModel
+
+    real = PopulationModel.data_weight
+
+    def weights(self, position, curvature):  # CL and V1 well informed, the rest not
+        w = real(self, position, curvature)
+        informed = np.isin(np.array(self.bsv_params), ["CL", "V1"])
+        return np.where(informed[None, :], 50.0, 0.5) + 0 * w
+
+    monkeypatch.setattr(PopulationModel, "data_weight", weights)
+    lines = []
+    fr = fit(small_study, pk=PK, out=tmp_path, plots=False, log=lines.append,
+             **{**SETTINGS, "warmup": 6, "samples": 4, "map_steps": 10})
+    pm = fr.population
+    assert pm.parametrization == "mixed" and pm.centered_params == ("CL", "V1")
+    assert any("non-centred Q, V2" in line for line in lines), lines
+    assert np.all(np.isfinite(np.asarray(fr.result.logdensity)))
+    assert fit_module.AUTO_CENTERED_MIN_WEIGHT == 2.0
+    monkeypatch.undo()
+    loaded, positions, _ = load_fit(tmp_path)
+    assert loaded.centered_params == ("CL", "V1")
+    np.testing.assert_allclose(np.asarray(loaded.individual_parameters(positions)),
+                               np.asarray(fr.individual_draws()), rtol=1e-12)
+
+
 @pytest.mark.slow  # a second full fit (compile + sample); the samplers' own seed test is fast
 def test_same_seed_same_draws(small_study, fitted):
     fr, _ = fitted

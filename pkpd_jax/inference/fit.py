@@ -3,9 +3,12 @@
 `fit` = validate the data -> build the [`PopulationModel`][] -> starting points (short MAP) ->
 sample (`qhmc` or `nuts`, chains in parallel) -> diagnostics -> write the fit directory:
 
-- ``summary.json``: ``{"params": {name: {mean, sd, q2.5, q97.5, rhat, ess_bulk}}, "sampler",
-  "divergences", "wall_s", "warnings", "model", "covariates", ...}`` with population parameters
-  named as in the model registry plus ``BW_CL``, ``BW_V``, ``COMED_CL``, ``omega_*``, ``sigma_*``;
+- ``summary.json``: ``{"params": {name: {mean, sd, q2.5, q97.5, rhat, ess_bulk, prior_sd_ratio}},
+  "sampler", "divergences", "wall_s", "warnings", "model", "covariates", ...}`` with population
+  parameters named as in the model registry plus ``BW_CL``, ``BW_V``, ``COMED_CL``, ``omega_*``,
+  ``sigma_*``; ``prior_sd_ratio`` is the posterior SD over the prior SD on the unconstrained
+  scale (``diagnostics.prior_sd_ratio``): near 1 the data did not inform the parameter, and
+  above 0.5 ``warnings`` says so;
 - ``draws.parquet``: one row per draw (columns ``chain``, ``draw``, every population parameter,
   and every individual parameter as ``<param>[<ID>]``);
 - ``positions.npy``: the unconstrained positions ``(chains, draws, dim)`` (exact reload);
@@ -29,7 +32,7 @@ import polars as pl
 
 from ..data import Dataset, read_nonmem, write_nonmem
 from ..models import get_model
-from .diagnostics import check, divergences, summarize
+from .diagnostics import check, divergences, prior_sd_ratio, summarize
 from .population import PopulationModel
 from .samplers import MCMCResult, sample
 
@@ -66,6 +69,7 @@ def _summary_json(fr: FitResult, extra: dict) -> dict:
             "rhat": row["rhat"],
             "ess_bulk": row["ess_bulk"],
             "ess_tail": row["ess_tail"],
+            "prior_sd_ratio": row.get("prior_sd_ratio"),
         }
         for row in fr.summary.iter_rows(named=True)
     }
@@ -105,8 +109,8 @@ def _draws_frame(fr: FitResult) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
-#: ``parametrization="auto"`` keeps the centred form when the median data weight of the random
-#: effects (data information relative to the population prior) is at least this.
+#: ``parametrization="auto"`` centres a random effect when the median over subjects of its data
+#: weight (data information relative to the population prior) is at least this.
 AUTO_CENTERED_MIN_WEIGHT = 2.0
 
 
@@ -127,16 +131,24 @@ def fit(
     progress: bool = True,
     plots: bool = True,
     map_steps: int = 300,
-    parametrization: str = "auto",
+    parametrization: str | list[str] = "auto",
+    chain_devices: int | None = None,
     log=print,
 ) -> FitResult:
     """Fit `pk` (+ `pd`) to `data` (a CSV path, a polars frame or a [`Dataset`][]).
 
-    `parametrization`: ``"centered"``, ``"noncentered"`` or ``"auto"`` (default): start centred
-    and switch to non-centred when the data do not outweigh the population prior for most random
-    effects (median of [`PopulationModel.data_weight`][] at the starting point below
-    `AUTO_CENTERED_MIN_WEIGHT`), i.e. sparse data. On the bundled example study (rich sampling)
-    the centred form needs 2-5x fewer leapfrog steps per iteration than the non-centred one.
+    `parametrization`: ``"centered"``, ``"noncentered"``, a list of the random effects to centre,
+    or ``"auto"`` (default): start centred, then, per random effect, keep it centred when the
+    median over subjects of its data weight ([`PopulationModel.data_weight`][] at the starting
+    point) is at least `AUTO_CENTERED_MIN_WEIGHT`, and non-centre it otherwise (the mode and
+    curvature are mapped, no second optimisation); all non-centred for sparse data. On the
+    bundled example study (rich sampling) the centred form needs 2-5x fewer leapfrog steps per
+    iteration than the non-centred one; its weakly informed random effects (e.g. of Q) are
+    better sampled non-centred (no funnel between ω and the individual values).
+
+    `chain_devices`: split the chains over that many JAX devices (see [`sample`][]); by default
+    as many local devices as divide the chains. The command line splits a CPU host into one
+    device per core, so the chains of a fit run on all cores.
 
     Every input problem (bad rows, missing covariate columns, a PD model without PD
     observations, no doses) raises a `ValueError` before anything is compiled.
@@ -151,12 +163,14 @@ def fit(
         )
     frame = data if isinstance(data, Dataset) else read_nonmem(data)
     dataset = frame if isinstance(frame, Dataset) else Dataset.from_frame(frame)
-    if parametrization not in ("auto", "centered", "noncentered"):
+    if isinstance(parametrization, str) and parametrization not in ("auto", "centered", "noncentered"):
         raise ValueError(
-            f"parametrization must be 'auto', 'centered' or 'noncentered'; got {parametrization!r}"
+            f"parametrization must be 'auto', 'centered', 'noncentered' or a list of the random "
+            f"effects to centre; got {parametrization!r}"
         )
     model = get_model(pk, pd)
-    first = "centered" if parametrization == "auto" else parametrization
+    first = "centered" if parametrization == "auto" else (
+        parametrization if isinstance(parametrization, str) else list(parametrization))
     pm = PopulationModel(model, dataset, covariates, priors, parametrization=first)
     log(f"model {model.name}: {pm.n_subjects} subjects, {pm.dim} unknowns, covariates "
         f"{[e.name for e in pm.effects] or 'none'}")
@@ -165,14 +179,22 @@ def fit(
     key = jax.random.key(seed)
     start = pm.starting_points(key, chains, map_steps=map_steps)
     if parametrization == "auto":
-        weight = float(np.nanmedian(pm.data_weight(start.mode, start.curvature)))
-        if not weight >= AUTO_CENTERED_MIN_WEIGHT:
-            log(f"sparse data (median data weight {weight:.2g} < {AUTO_CENTERED_MIN_WEIGHT}): "
-                "non-centred random effects")
+        weights = np.nanmedian(pm.data_weight(start.mode, start.curvature), axis=0)
+        centred = [b for b, w in zip(pm.bsv_params, weights) if w >= AUTO_CENTERED_MIN_WEIGHT]
+        shown = ", ".join(f"{b} {w:.2g}" for b, w in zip(pm.bsv_params, weights))
+        if not centred:
+            log(f"sparse data (median data weight per random effect: {shown}; all < "
+                f"{AUTO_CENTERED_MIN_WEIGHT}): non-centred random effects")
             pm = PopulationModel(model, dataset, covariates, priors, parametrization="noncentered")
             start = pm.starting_points(key, chains, map_steps=map_steps)
+        elif len(centred) < len(pm.bsv_params):
+            weak = [b for b in pm.bsv_params if b not in centred]
+            log(f"median data weight per random effect: {shown}; centred {', '.join(centred)}, "
+                f"non-centred {', '.join(weak)} (weight < {AUTO_CENTERED_MIN_WEIGHT})")
+            pm, mode, h = pm.reparametrized(centred, start.mode, start.curvature)
+            start = pm.scatter(key, chains, mode, h)
         else:
-            log(f"rich data (median data weight {weight:.2g}): centred random effects")
+            log(f"rich data (median data weight per random effect: {shown}): centred random effects")
     log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps + curvature)")
     result = sample(
         pm.logdensity,
@@ -183,19 +205,26 @@ def fit(
         thin=thin,
         seed=seed,
         progress=progress,
+        chain_devices=chain_devices,
         **({"inverse_mass_init": start.inverse_mass} if sampler == "qhmc" else {}),
     )
     vals = pm.unflatten(result.draws)
     names = list(pm.names)
     stacked = np.stack([np.asarray(vals[n]) for n in names], axis=-1)
-    table = summarize(stacked, names)
+    table = summarize(stacked, names).with_columns(
+        pl.Series("prior_sd_ratio", prior_sd_ratio(stacked, names, pm.prior_table())))
     warns = check(result, table)
     fr = FitResult(pm, result, table, warns, None if out is None else Path(out))
     if out is not None:
         save_fit(fr, out, data_frame=None if isinstance(frame, Dataset) else frame, plots=plots,
                  meta={"pk": pk, "pd": pd, "covariates": covariates, "priors": priors,
-                       "parametrization": pm.parametrization})
+                       "parametrization": _parametrization_meta(pm)})
     return fr
+
+
+def _parametrization_meta(pm: PopulationModel):
+    """What `load_fit` passes back: the word, or the centred random effects when mixed."""
+    return list(pm.centered_params) if pm.parametrization == "mixed" else pm.parametrization
 
 
 def save_fit(fr: FitResult, out, *, data_frame=None, plots: bool = True, meta: dict) -> None:

@@ -14,6 +14,10 @@ itself with ``g(θ_ik) ~ N(μ_k + ..., ω_k)`` (the same model). Non-centred sui
 subjects (sparse data: the funnel between ω and η disappears); centred suits richly sampled
 ones, where non-centring couples μ_k with every η_ik (a direction N+1 times longer than the
 others in a diagonal metric, so HMC needs ~√N times more leapfrog steps per iteration).
+A list of parameter names (e.g. ``("CL", "V1", "Kin")``) centres those random effects and keeps
+the others non-centred (``parametrization == "mixed"``): what a study needs when the data inform
+some parameters subject by subject (clearance) and hardly inform others (an inter-compartmental
+clearance seen in few samples), see ``fit(parametrization="auto")``.
 
 with ``x = log(BW/70)`` for a power (allometric) effect and ``x = COMED`` (0/1) for a factor
 effect, ``β`` the exponent or the log factor. In natural units, e.g.
@@ -589,13 +593,13 @@ class PopulationModel:
         config: SolverConfig = DEFAULT_CONFIG,
         gradient: Literal["forward", "reverse"] = "forward",
         subject_batch: int | None = None,
-        parametrization: Literal["noncentered", "centered"] = "noncentered",
+        parametrization: Literal["noncentered", "centered"] | Sequence[str] = "noncentered",
     ):
-        if parametrization not in ("noncentered", "centered"):
+        if isinstance(parametrization, str) and parametrization not in ("noncentered", "centered"):
             raise ValueError(
-                f"`parametrization` must be 'noncentered' or 'centered'; got {parametrization!r}"
+                f"`parametrization` must be 'noncentered', 'centered' or a list of the random "
+                f"effects to centre; got {parametrization!r}"
             )
-        self.parametrization = parametrization
         self.model = model
         self.subject_batch = subject_batch
         self.dataset = dataset
@@ -617,6 +621,25 @@ class PopulationModel:
             raise ValueError(f"`bsv` names {unknown} are not parameters of {model.name} ({', '.join(names)})")
         self.bsv_params = tuple(n for n in names if n in set(bsv))
         self._bsv_idx = np.array([names.index(n) for n in self.bsv_params], dtype=int)
+        if isinstance(parametrization, str):
+            centred = self.bsv_params if parametrization == "centered" else ()
+        else:
+            centred = tuple(parametrization)
+            unknown = [c for c in centred if c not in self.bsv_params]
+            if unknown:
+                raise ValueError(
+                    f"`parametrization` names {unknown}, which have no random effect; the random "
+                    f"effects are {', '.join(self.bsv_params)}"
+                )
+        #: The random effects sampled centred (``g(θ_ik)``); the others are non-centred (η).
+        self.centered_params = tuple(b for b in self.bsv_params if b in set(centred))
+        self._cmask = np.array([b in self.centered_params for b in self.bsv_params], dtype=bool)
+        if not self.centered_params:
+            self.parametrization = "noncentered"
+        elif len(self.centered_params) == len(self.bsv_params):
+            self.parametrization = "centered"
+        else:
+            self.parametrization = "mixed"
         self._u_limit = jnp.asarray([np.inf if p.constraint == "real" else _LOG_LIMIT for p in self.params])
 
         # ---- covariate design
@@ -646,7 +669,8 @@ class PopulationModel:
 
         # ---- priors
         self.sigma_names = tuple(f"sigma_{kind}_{_TYPES[t]}" for t in self.types for kind in ("prop", "add"))
-        self._priors = self._build_priors(priors or {})
+        self._priors_given = dict(priors or {})
+        self._priors = self._build_priors(self._priors_given)
 
         # ---- position layout
         template = {
@@ -913,30 +937,71 @@ class PopulationModel:
         tree = self._tree(jnp.asarray(position))
         omega = np.exp(np.asarray(tree["log_omega"]))
         h = np.asarray(curvature)[self.block_mask("eta")].reshape(self.n_subjects, len(self.bsv_params))
-        if self.parametrization == "centered":
-            return h * omega[None, :] ** 2 - 1.0
-        return h - 1.0
+        return np.where(self._cmask[None, :], h * omega[None, :] ** 2, h) - 1.0
 
     def _individual_u(self, tree, omega=None):
+        """Individual unconstrained parameters ``(N, P)``. The "eta" block holds ``g(θ_ik)`` for
+        the centred random effects and the standardised η for the non-centred ones."""
         u = self._typical_u(tree)
-        if self.parametrization == "centered":  # the "eta" block holds g(θ_i) of the BSV params
-            return u.at[:, self._bsv_idx].set(tree["eta"])
         omega = jnp.exp(tree["log_omega"]) if omega is None else omega
-        return u.at[:, self._bsv_idx].add(omega[None, :] * tree["eta"])
+        u_bsv = u[:, self._bsv_idx]
+        u_bsv = jnp.where(self._cmask[None, :], tree["eta"], u_bsv + omega[None, :] * tree["eta"])
+        return u.at[:, self._bsv_idx].set(u_bsv)
 
     def _standard_eta(self, tree):
-        """Standardised η ``(N, n_bsv)`` from a position tree (either parametrisation)."""
-        if self.parametrization == "noncentered":
+        """Standardised η ``(N, n_bsv)`` from a position tree (any parametrisation)."""
+        if not self.centered_params:
             return tree["eta"]
         u_typ = self._typical_u(tree)[:, self._bsv_idx]
-        return (tree["eta"] - u_typ) / jnp.exp(tree["log_omega"])[None, :]
+        centred = (tree["eta"] - u_typ) / jnp.exp(tree["log_omega"])[None, :]
+        return jnp.where(self._cmask[None, :], centred, tree["eta"])
 
     def _with_standard_eta(self, tree, eta):
-        """The tree whose random-effect block encodes standardised `eta` (either parametrisation)."""
-        if self.parametrization == "noncentered":
+        """The tree whose random-effect block encodes standardised `eta` (any parametrisation)."""
+        if not self.centered_params:
             return {**tree, "eta": eta}
         u_typ = self._typical_u(tree)[:, self._bsv_idx]
-        return {**tree, "eta": u_typ + jnp.exp(tree["log_omega"])[None, :] * eta}
+        centred = u_typ + jnp.exp(tree["log_omega"])[None, :] * eta
+        return {**tree, "eta": jnp.where(self._cmask[None, :], centred, eta)}
+
+    def omega_mask(self, centred: bool = True) -> np.ndarray:
+        """Boolean ``(dim,)`` mask of the ``log ω`` coordinates of the centred (or, with
+        ``centred=False``, the non-centred) random effects."""
+        tree = self._tree(jnp.zeros(self.dim))
+        want = self._cmask if centred else ~self._cmask
+        flat = ravel_pytree({k: (jnp.asarray(want) if k == "log_omega" else jnp.zeros(v.shape, bool))
+                             for k, v in tree.items()})[0]
+        return np.asarray(flat).astype(bool)
+
+    def reparametrized(self, parametrization, position, curvature=None):
+        """The same model in another parametrisation, and `position` (and the diagonal
+        `curvature` of the negative log-density there, if given) mapped into it: η of a
+        switched random effect is ``(g(θ) - typical)/ω`` one way and ``typical + ω·η`` the other;
+        its curvature is scaled by ``ω²`` / ``1/ω²`` (the diagonal of the Hessian in the new
+        coordinates, neglecting the coupling to the typical value and ω). Returns
+        ``(model, position, curvature)``."""
+        with warnings.catch_warnings():  # the data warnings were given for this model already
+            warnings.simplefilter("ignore", PopulationDataWarning)
+            new = PopulationModel(
+                self.model, self.dataset, self.spec, self._priors_given, bsv=self.bsv_params,
+                config=self.config, gradient=self.gradient, subject_batch=self.subject_batch,
+                parametrization=parametrization,
+            )
+        tree = self._tree(jnp.asarray(position))
+        eta_std = self._standard_eta(tree)
+        new_pos = ravel_pytree(new._with_standard_eta(tree, eta_std))[0]
+        new_h = None
+        if curvature is not None:
+            h = np.array(curvature, float)
+            mask = self.block_mask("eta")
+            he = h[mask].reshape(self.n_subjects, len(self.bsv_params))
+            w2 = np.exp(2 * np.asarray(tree["log_omega"]))[None, :]
+            to_c = new._cmask & ~self._cmask  # non-centred -> centred: H_u = H_η / ω²
+            to_nc = self._cmask & ~new._cmask  # centred -> non-centred: H_η = ω² H_u
+            he = np.where(to_c[None, :], he / w2, np.where(to_nc[None, :], he * w2, he))
+            h[mask] = he.reshape(-1)
+            new_h = h
+        return new, new_pos, new_h
 
     def _to_natural(self, u):
         return jnp.stack([p.to_natural(u[..., k]) for k, p in enumerate(self.params)], axis=-1)
@@ -1082,12 +1147,14 @@ class PopulationModel:
             z = tree[key]
             s, bad = _safe_exp(z)
             lp += jnp.sum(jnp.where(bad, -jnp.inf, _halfnormal_logpdf(s, scale) + z))
-        if self.parametrization == "noncentered":
+        if not self.centered_params:
             lp += jnp.sum(_normal_logpdf(tree["eta"], 0.0, 1.0))
-        else:  # g(θ_i) ~ N(typical, ω): the same density as η ~ N(0, 1), plus log|dη/dg(θ_i)|
+        else:  # centred: g(θ_i) ~ N(typical, ω), the density of η ~ N(0, 1) plus log|dη/dg(θ_i)|
             omega, _ = _safe_exp(tree["log_omega"])
             u_typ = self._typical_u(tree)[:, self._bsv_idx]
-            lp += jnp.sum(_normal_logpdf(tree["eta"], u_typ, omega[None, :]))
+            loc = jnp.where(self._cmask[None, :], u_typ, 0.0)
+            scale = jnp.where(self._cmask[None, :], omega[None, :], 1.0)
+            lp += jnp.sum(_normal_logpdf(tree["eta"], loc, scale))
         return lp
 
     def log_likelihood(self, position) -> Array:
@@ -1161,11 +1228,19 @@ class PopulationModel:
             )
         if map_steps > 0:
             x0 = fit_map(self, x0, steps=map_steps, learning_rate=learning_rate)
+        h = curvature_diagonal(self, x0) if curvature else None
+        return self.scatter(key, n_chains, x0, h, jitter=jitter)
+
+    def scatter(self, key: Array, n_chains: int, mode, curvature=None, *, jitter: float = 0.1
+                ) -> StartingPoints:
+        """Chain starting points around `mode` scaled by the diagonal `curvature` (the second
+        half of [`starting_points`][], for a mode and curvature computed elsewhere, e.g. mapped
+        by [`reparametrized`][])."""
+        x0 = jnp.asarray(mode, float)
+        h = None if curvature is None else np.asarray(curvature, float)
         scale = np.full(self.dim, jitter)
         inverse_mass = None
-        h = None
-        if curvature:
-            h = curvature_diagonal(self, x0)
+        if h is not None:
             ok = np.isfinite(h) & (h > 0)
             var = np.where(ok, 1.0 / np.where(ok, h, 1.0), jitter**2)
             var = np.clip(var, 1e-8, 1e2)
@@ -1233,9 +1308,7 @@ def fit_map(
         return jnp.where(good, x_new, x), new_state, val
 
     # Centred: the joint mode is at ω -> 0 (the -N·log ω term), so ω stays where it starts.
-    frozen = jnp.zeros(pm.dim, bool)
-    if pm.parametrization == "centered":
-        frozen = jnp.asarray(pm.block_mask("log_omega"))
+    frozen = jnp.asarray(pm.omega_mask(centred=True))
 
     state = opt.init(x)
     best_x, best_v = x, -np.inf
