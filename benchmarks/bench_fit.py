@@ -76,6 +76,7 @@ def one_fit(args, chain_devices, truth) -> dict:
         progress=False,
         plots=False,
         chain_devices=chain_devices,
+        sampler_options={"target_acceptance_rate": args.target_accept} if args.target_accept else None,
         log=lambda m: log(f"  {m}"),
     )
     wall = time.perf_counter() - t0
@@ -133,8 +134,9 @@ def markdown(info: dict, runs: list[dict]) -> str:
         "",
         f"Command: `{info['command']}`. Model {info['model']}, {info['chains']} chains, "
         f"{info['warmup']} warm-up + {info['samples']} draws per chain, sampler {info['sampler']}, "
-        "seed {}; wall time includes compilation, starting points (MAP + curvature) and "
-        "diagnostics (plots off). Target: <= 600 s on 2 CPU cores.".format(info["seed"]),
+        "seed {}; wall time includes compilation ({}), starting points (MAP + curvature) and "
+        "diagnostics (plots off). Target: <= 600 s on 2 CPU cores.".format(
+            info["seed"], "persistent cache " + ("on" if info["compilation_cache"] else "off")),
         "",
         "| chain devices | wall s | warm-up s | sampling s | before sampling s | warm-up leapfrog steps "
         "| steps / iteration (sampling) | min bulk ESS | min tail ESS | ESS/s | max R-hat | divergent "
@@ -169,6 +171,11 @@ def main(argv=None) -> None:
     ap.add_argument("--pd", default="pd_indirect_inhib_kin")
     ap.add_argument("--chain-devices", nargs="+", default=["1", "auto"],
                     help="device counts to compare ('auto' = as the command line)")
+    ap.add_argument("--target-accept", type=float, default=None,
+                    help="the sampler's target acceptance rate (default: its own, 0.8)")
+    ap.add_argument("--cache", default=None,
+                    help="persistent compilation cache directory (as the command line keeps one); "
+                    "default: none, i.e. every program is compiled (a cold start)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
     args.warmup = args.warmup if args.warmup is not None else (200 if args.quick else 1000)
@@ -180,6 +187,11 @@ def main(argv=None) -> None:
     import jax
 
     from pkpd_jax.data.example import example_paths
+
+    if args.cache:
+        from pkpd_jax._devices import use_compilation_cache
+
+        use_compilation_cache(args.cache)
 
     truth = json.loads(example_paths()[1].read_text())
     info = {
@@ -197,11 +209,12 @@ def main(argv=None) -> None:
         "samples": args.samples,
         "sampler": args.sampler,
         "seed": args.seed,
+        "compilation_cache": args.cache,
     }
     runs = []
     for cd in args.chain_devices:
         runs.append(one_fit(args, None if cd == "auto" else int(cd), truth))
-    stem = "fit_quick" if args.quick else "fit"
+    stem = ("fit_quick" if args.quick else "fit") + ("_cached" if args.cache else "")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps({"info": info, "runs": runs}, indent=2) + "\n")
     md = markdown(info, runs)

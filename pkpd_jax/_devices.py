@@ -46,3 +46,25 @@ def use_host_devices(n: int | None = None) -> bool:
         return False
     os.environ["XLA_FLAGS"] = f"{flags} --{_FLAG}={n}".strip()
     return True
+
+
+def use_compilation_cache(path: str | None = None) -> str | None:
+    """Keep JAX's compiled programs on disk (``jax_compilation_cache_dir``), so that a second fit or
+    run of the same study and model skips compilation (about a minute for a PK/PD population
+    model). Default location: ``$PKPD_JAX_CACHE`` or ``~/.cache/pkpd_jax/xla``; set
+    ``PKPD_JAX_CACHE=off`` to disable. Returns the directory, or ``None`` when disabled."""
+    path = path or os.environ.get("PKPD_JAX_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+        "pkpd_jax", "xla",
+    )
+    if path.lower() in ("off", "0", "none", ""):
+        return None
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:  # a read-only home: run without the cache
+        return None
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    return path

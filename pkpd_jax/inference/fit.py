@@ -133,6 +133,7 @@ def fit(
     map_steps: int = 300,
     parametrization: str | list[str] = "auto",
     chain_devices: int | None = None,
+    sampler_options: dict | None = None,
     log=print,
 ) -> FitResult:
     """Fit `pk` (+ `pd`) to `data` (a CSV path, a polars frame or a [`Dataset`][]).
@@ -149,6 +150,9 @@ def fit(
     `chain_devices`: split the chains over that many JAX devices (see [`sample`][]); by default
     as many local devices as divide the chains. The command line splits a CPU host into one
     device per core, so the chains of a fit run on all cores.
+
+    `sampler_options`: fields of [`QHMCOptions`][] / [`NUTSOptions`][] (e.g.
+    ``{"target_acceptance_rate": 0.9}``).
 
     Every input problem (bad rows, missing covariate columns, a PD model without PD
     observations, no doses) raises a `ValueError` before anything is compiled.
@@ -206,6 +210,7 @@ def fit(
         seed=seed,
         progress=progress,
         chain_devices=chain_devices,
+        **(sampler_options or {}),
         **({"inverse_mass_init": start.inverse_mass} if sampler == "qhmc" else {}),
     )
     vals = pm.unflatten(result.draws)

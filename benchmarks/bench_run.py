@@ -1,0 +1,124 @@
+"""Wall time of the whole pipeline, `pkpd-jax run`, on the bundled example study, per stage.
+
+Targets (issue: in-silico trials and the end-to-end run): ``pkpd-jax run`` in at most 10 minutes on
+2 CPU cores, ``pkpd-jax run --fast`` in at most 3 minutes. Each setting runs the installed command line
+in a fresh output directory (no fit to reuse) as a user would, in a subprocess, and reads the stage
+times the command writes to ``OUT/timings.json`` (validate, model selection, fit, optional
+quantum-kernel stage, trials, report) plus the process's own wall time (Python start-up and imports
+included). The persistent compilation cache of the command line is pointed at a fresh directory
+for the ``cold`` runs (every program compiled, a first run) and reused by the ``warm`` runs (a
+second run of the same study: compilation skipped); the dose answers are checked against the
+study's true doses (from ``benchmarks/results/trials.json`` when present).
+
+Usage::
+
+    python benchmarks/bench_run.py                  # --fast cold and warm, full cold
+    python benchmarks/bench_run.py --settings fast  # only --fast (cold and warm)
+
+Results: ``<out>/run.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def one_run(setting: str, cache: Path, extra: list[str]) -> dict:
+    out = Path(tempfile.mkdtemp(prefix=f"run_{setting}_"))
+    cmd = [sys.executable, "-m", "pkpd_jax.cli", "run", "--out", str(out), *extra]
+    if setting == "fast":
+        cmd.append("--fast")
+    env = {**os.environ, "PKPD_JAX_CACHE": str(cache)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"`{' '.join(cmd)}` failed:\n{proc.stderr[-3000:]}")
+    timings = json.loads((out / "timings.json").read_text())
+    answers = json.loads((out / "answers.json").read_text())
+    selection = json.loads((out / "model_selection.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"setting": setting, "wall_s": wall, "timings": timings, "answers": answers,
+            "model": f"{selection['pk']} + {selection['pd']}", "loadavg_end": list(os.getloadavg())}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--settings", nargs="+", default=["fast", "full"], choices=["fast", "full"])
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
+                    help="more `pkpd-jax run` arguments (e.g. --qkernel)")
+    args = ap.parse_args(argv)
+    truth_path = args.out / "trials.json"
+    true = None
+    if truth_path.exists():
+        doses = json.loads(truth_path.read_text()).get("truth", {}).get("study", {}).get("doses", {})
+        true = {k: v["dose"] for k, v in doses.items()} or None
+    cache = Path(tempfile.mkdtemp(prefix="pkpd_xla_cache_"))
+    runs = []
+    for setting in args.settings:
+        for temp in ("cold", "warm") if setting == "fast" else ("cold",):
+            if temp == "cold":
+                shutil.rmtree(cache, ignore_errors=True)
+                cache.mkdir()
+            log(f"pkpd-jax run{' --fast' if setting == 'fast' else ''} ({temp} compilation cache) ...")
+            r = one_run(setting, cache, args.extra)
+            r["cache"] = temp
+            if true:
+                r["truth_in_interval"] = {
+                    k: (a["dose_interval"][0] is not None and a["dose_interval"][0] <= true[k] <= a["dose_interval"][1])
+                    for k, a in r["answers"].items() if k in true
+                }
+            log(f"  {r['wall_s']:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items()))
+            runs.append(r)
+    shutil.rmtree(cache, ignore_errors=True)
+    info = {
+        "date": dt.datetime.now().isoformat(timespec="seconds"),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "loadavg_start": list(os.getloadavg()),
+        "command": "python benchmarks/bench_run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "run.json").write_text(json.dumps({"info": info, "runs": runs}, indent=2) + "\n")
+    stages = sorted({k for r in runs for k in r["timings"]} - {"total_s"})
+    lines = [
+        "# `pkpd-jax run` on the bundled example study",
+        "",
+        f"{info['date']} · {info['platform']} · {info['cpus']} CPUs · command `{info['command']}`",
+        "",
+        "Each row: the installed command line in a fresh output directory (no fit reused); *cold*: "
+        "empty compilation cache (a first run), *warm*: the cache of the previous run (a second run "
+        "of the same study). Targets on 2 CPU cores: full <= 600 s, `--fast` <= 180 s.",
+        "",
+        "| setting | cache | model | wall s (process) | " + " | ".join(stages) + " | truth in 90% interval |",
+        "|---|---|---|---:|" + "---:|" * len(stages) + "---|",
+    ]
+    for r in runs:
+        hit = r.get("truth_in_interval")
+        lines.append(
+            f"| {r['setting']} | {r['cache']} | {r['model']} | {r['wall_s']:.0f} | "
+            + " | ".join(f"{r['timings'].get(s, float('nan')):.0f}" for s in stages)
+            + f" | {'' if hit is None else f'{sum(hit.values())}/{len(hit)}'} |"
+        )
+    md = "\n".join(lines) + "\n"
+    (args.out / "run.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
