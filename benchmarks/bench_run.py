@@ -80,8 +80,9 @@ def main(argv=None) -> None:
             r["cache"] = temp
             if true:
                 r["truth_in_interval"] = {
-                    k: (a["dose_interval"][0] is not None and a["dose_interval"][0] <= true[k] <= a["dose_interval"][1])
+                    k: (lo is not None and hi is not None and lo <= true[k] <= hi)
                     for k, a in r["answers"].items() if k in true
+                    for lo, hi in [a["dose_interval"]]
                 }
             log(f"  {r['wall_s']:.0f} s: " + ", ".join(f"{k} {v:.0f}" for k, v in r["timings"].items()))
             runs.append(r)
