@@ -163,12 +163,29 @@ def simulate(
 @_friendly
 def example(
     out: Annotated[Path, typer.Option(help="Directory for study.csv and truth.json.")],
+    public: Annotated[
+        str | None,
+        typer.Option(help="Instead, a classic public data set converted to NONMEM format: "
+                     "'theoph' (oral theophylline) or 'phenobarb' (neonatal phenobarbital)."),
+    ] = None,
 ):
-    """Write the bundled example study (NONMEM format) and its known truth."""
+    """Write the bundled example study (NONMEM format) and its known truth, or a public data set."""
     import shutil
 
     from .data.example import example_paths
 
+    if public is not None:
+        from .data import write_nonmem
+        from .data.public import PUBLIC_DATASETS, load_public
+
+        data = load_public(public)
+        out.mkdir(parents=True, exist_ok=True)
+        write_nonmem(data.frame, out / f"{data.name}.csv")
+        for note in data.notes:
+            typer.echo(f"note: {note}")
+        typer.echo(f"wrote {out / (data.name + '.csv')} (suggested model: --pk "
+                   f"{PUBLIC_DATASETS[data.name]['pk']})")
+        return
     out.mkdir(parents=True, exist_ok=True)
     csv, js = example_paths()
     shutil.copyfile(csv, out / "study.csv")
@@ -189,8 +206,8 @@ def validate(
 
 #: Settings of `pkpd-jax run` (full / `--fast`).
 RUN_SETTINGS = {
-    "full": dict(chains=4, warmup=1000, samples=1000, n_virtual=1000, n_draws=100),
-    "fast": dict(chains=2, warmup=300, samples=200, n_virtual=300, n_draws=40),
+    "full": dict(chains=4, warmup=1000, samples=1000, n_virtual=1000, n_draws=100, qkernel_n=2000),
+    "fast": dict(chains=2, warmup=300, samples=200, n_virtual=300, n_draws=40, qkernel_n=500),
 }
 #: The population model fitted by `run` when no selector decides (see model_selection.json).
 DEFAULT_PIPELINE_MODEL = ("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
@@ -213,6 +230,12 @@ def run(
     reuse_fit: Annotated[
         bool, typer.Option(help="Reuse OUT/fit when it holds a finished fit of the same data and model.")
     ] = True,
+    qkernel: Annotated[
+        bool,
+        typer.Option(help="Virtual subjects' parameters from a quantum-kernel regressor of the "
+                     "covariates (trained on the fit's posterior) instead of the fitted covariate "
+                     "equations."),
+    ] = False,
 ):
     """The whole pipeline: validate, select the model, fit, in-silico trials, report.
 
@@ -283,16 +306,40 @@ def run(
     typer.echo(f"[4/5] in-silico trials ({settings['n_virtual']} virtual subjects x "
                f"{settings['n_draws']} posterior draws, daily and weekly, 3 scenarios)")
     t = time.perf_counter()
+    individual_model, extra_sections, assumptions = None, [], []
+    if qkernel:
+        from .quantum.pipeline import covariate_model_from_fit
+
+        individual_model, qk = covariate_model_from_fit(fit_dir, n=settings["qkernel_n"], seed=seed)
+        (out / "qkernel.json").write_text(json.dumps(qk, indent=2, default=float) + "\n")
+        # R² is undefined (None) for a parameter without covariate effects (a constant target)
+        r2 = ", ".join(f"{k} {v:.3f}" for k, v in qk["r2_noise_free"].items() if v is not None)
+        typer.echo(f"      quantum-kernel covariate model ({qk['kernel']} {qk['method']}, "
+                   f"{qk['n_train']} synthetic subjects, {qk['fit_s']:.1f} s): R² vs the covariate "
+                   f"equations {r2}")
+        extra_sections.append((
+            "Quantum-kernel covariate model",
+            f"Virtual subjects' typical parameters come from a {qk['kernel']}-kernel {qk['method']} "
+            f"regressor of {', '.join(qk['features'])} trained on {qk['n_train']} synthetic subjects "
+            f"drawn from the posterior; held-out R² against the fitted covariate equations: {r2}.",
+        ))
+        assumptions.append(
+            "Quantum-kernel covariate model: the typical parameters given the covariates are the "
+            "regressor's prediction for every posterior draw (the between-subject variability still "
+            "varies by draw), so the dose intervals understate the uncertainty in the typical values."
+        )
+        timings["qkernel_s"] = time.perf_counter() - t
     answers = answer_questions(
         fit_dir, n_virtual=settings["n_virtual"], n_draws=settings["n_draws"], seed=seed,
-        threshold=threshold, out_dir=out, data=source,
+        threshold=threshold, out_dir=out, data=source, individual_model=individual_model,
     )
     (out / "answers.json").write_text(json.dumps(answers, indent=2) + "\n")
     timings["trials_s"] = time.perf_counter() - t
 
     typer.echo("[5/5] report")
     t = time.perf_counter()
-    report = write_report(out, fit_dir=fit_dir, answers=answers, truth=truth, model_selection=selection)
+    report = write_report(out, fit_dir=fit_dir, answers=answers, truth=truth, model_selection=selection,
+                          extra_sections=extra_sections, assumptions=assumptions)
     timings["report_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     (out / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
@@ -301,15 +348,70 @@ def run(
 
 
 def _select_model(source, pk: str | None, pd: str | None) -> dict:
-    """The model to fit: the user's choice, else the default population model (no trained
-    selector is shipped yet; `pkpd-jax classify` will decide here once it is)."""
+    """The model to fit: the user's choice, else the shipped model selectors' choice (`pkpd-jax
+    classify`), else the default population model.
+
+    `pk`/`pd` (and `how`) are what is fitted; with the selectors, `selected` is their choice,
+    `probabilities` their study-level class probabilities, and `fitted_reason` says why the fitted
+    model differs from the selected one (a class the population fit cannot use for these data).
+    A user-given `pd` is kept while the selector chooses the PK class.
+    """
     if pk is not None:
         return {"pk": pk, "pd": pd, "how": "given on the command line"}
-    return {
-        "pk": DEFAULT_PIPELINE_MODEL[0],
-        "pd": DEFAULT_PIPELINE_MODEL[1] if pd is None else pd,
-        "how": "default population model (no shipped model selector yet)",
+    default_pd = DEFAULT_PIPELINE_MODEL[1] if pd is None else pd
+    try:
+        from .amortized.classify import classify_study
+
+        result = classify_study(source)
+    except Exception as e:  # the selector advises; a study it cannot read must not stop the run
+        return {"pk": DEFAULT_PIPELINE_MODEL[0], "pd": default_pd,
+                "how": f"default population model (the model selector could not classify the study: {e})"}
+    selected = {"pk": result["pk"]["selected"], "pd": (result["pd"] or {}).get("selected")}
+    out = {
+        "pk": selected["pk"],
+        "pd": pd if pd is not None else selected["pd"],
+        "how": "amortized model selection (shipped selectors; `pkpd-jax classify`)",
+        "selected": selected,
+        "probabilities": {f: dict(list(result[f]["probabilities"].items())[:5])
+                          for f in ("pk", "pd") if result[f] is not None},
+        "n_subjects": {f: result[f]["n_subjects"] for f in ("pk", "pd") if result[f] is not None},
     }
+    reasons = []
+    if pd is not None:
+        reasons.append(f"PD model {pd} given on the command line")
+    elif selected["pd"] is None:
+        out["pd"] = default_pd
+        reasons.append(f"PD not classified ({result['pd_note']}); default {default_pd}")
+    why = _unfittable_pk(selected["pk"], source)
+    if why:
+        out["pk"] = DEFAULT_PIPELINE_MODEL[0]
+        reasons.append(f"selected PK class {selected['pk']} not fitted: {why}; default "
+                       f"{DEFAULT_PIPELINE_MODEL[0]} fitted instead")
+    if reasons:
+        out["fitted_reason"] = "; ".join(reasons)
+    return out
+
+
+def _unfittable_pk(name: str, source) -> str | None:
+    """Why the population fit cannot use PK class `name` for the study's doses (None: it can).
+
+    The fit takes any registry class; what it cannot do is meaningful: an infusion into an
+    absorption depot, or a dose compartment (`CMT`) the class does not have."""
+    import numpy as np
+
+    from .data import read_nonmem
+    from .models import get_pk
+
+    cls = get_pk(name)
+    df = read_nonmem(source)
+    doses = df.filter(df["EVID"] == 1)
+    depot = cls.dose_cmt != cls.central
+    if depot and "DUR" in doses.columns and bool(np.any(np.nan_to_num(doses["DUR"].to_numpy()) > 0)):
+        return "the study's doses are IV infusions and the class absorbs from a depot"
+    cmt = np.nan_to_num(doses["CMT"].to_numpy()) if "CMT" in doses.columns else np.zeros(0)
+    if cmt.size and cmt.max() > len(cls.states):
+        return f"the data dose into CMT {int(cmt.max())} and the class has {len(cls.states)} compartments"
+    return None
 
 
 def _finished_fit(fit_dir: Path, source, selection: dict, settings: dict, seed: int) -> bool:
@@ -357,8 +459,9 @@ def fit(
     plots: Annotated[bool, typer.Option(help="Write trace, pair, VPC and individual-fit plots.")] = True,
     parametrization: Annotated[
         str,
-        typer.Option(help="Random effects: 'auto' (centred for rich data, non-centred for sparse), "
-                     "'centered' or 'noncentered'."),
+        typer.Option(help="Random effects: 'auto' (per random effect: centred when the data inform "
+                     "it well, non-centred otherwise), 'centered', 'noncentered', or the ones to "
+                     "centre, e.g. 'CL,V1'."),
     ] = "auto",
 ):
     """Fit a population (NLME-style) model with QHMC or NUTS; write summary.json, draws.parquet, plots."""
@@ -378,7 +481,8 @@ def fit(
         seed=seed,
         out=out,
         plots=plots,
-        parametrization=parametrization,
+        parametrization=(parametrization if parametrization in ("auto", "centered", "noncentered")
+                         else [p.strip() for p in parametrization.split(",") if p.strip()]),
         log=typer.echo,
     )
     from rich.console import Console
@@ -410,7 +514,8 @@ def _print_fit_table(fr) -> None:
 
 #: Modules that contribute commands: each has `register(app, friendly=...)` and stays cheap to
 #: import (heavy imports inside the command functions). Missing modules are skipped.
-_COMMAND_MODULES = ("amortized.corpus_commands", "amortized.commands", "quantum.commands", "trials.commands")
+_COMMAND_MODULES = ("amortized.corpus_commands", "amortized.commands", "amortized.classify_commands",
+                    "quantum.commands", "trials.commands")
 
 
 def _register_subpackage_commands() -> None:
@@ -429,6 +534,10 @@ _register_subpackage_commands()
 
 
 def main() -> None:  # console-script entry point
+    from ._devices import use_compilation_cache, use_host_devices
+
+    use_host_devices()  # one JAX device per core: a fit's chains run on all cores
+    use_compilation_cache()  # a second fit/run of the same study skips compilation
     try:
         app()
     except KeyboardInterrupt:

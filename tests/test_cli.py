@@ -197,3 +197,38 @@ def test_run_reuses_a_fit_only_when_data_model_seed_and_settings_match(tmp_path:
     assert not _finished_fit(fit_dir, data, {**sel, "pd": "pd_direct_emax"}, fast, 0)  # other model
     (fit_dir / "positions.npy").unlink()
     assert not _finished_fit(fit_dir, data, sel, fast, 0)  # unfinished fit
+
+
+def test_run_with_qkernel_reuses_the_fit_and_reports_the_covariate_model(tmp_path: Path):
+    """`run --fast --qkernel` on a finished fit (a synthetic posterior around the truth): the
+    pipeline skips the fit, trains the quantum-kernel covariate model on the posterior, answers
+    the twelve dose questions with it and says so in the report."""
+    import shutil
+
+    from test_trials import make_fit_dir
+    from typer.testing import CliRunner
+
+    from pkpd_jax.cli import RUN_SETTINGS, _select_model, app
+    from pkpd_jax.data.example import example_paths
+
+    data = tmp_path / "study.csv"
+    shutil.copyfile(example_paths()[0], data)
+    out = tmp_path / "out"
+    fit_dir = make_fit_dir(out / "fit", n_draws=40)
+    sel = _select_model(data, None, None)
+    fast = RUN_SETTINGS["fast"]
+    (fit_dir / "run_settings.json").write_text(json.dumps(
+        {"data": str(data.resolve()), "pk": sel["pk"], "pd": sel["pd"], "seed": 0,
+         **{k: fast[k] for k in ("chains", "warmup", "samples")}}))
+    res = CliRunner().invoke(app, ["run", "--data", str(data), "--out", str(out), "--fast", "--qkernel"])
+    assert res.exit_code == 0, res.output
+    assert "reusing the finished fit" in res.output and "quantum-kernel covariate model" in res.output
+    qk = json.loads((out / "qkernel.json").read_text())
+    assert qk["n_train"] == fast["qkernel_n"] and qk["kernel"] == "angle"
+    assert qk["r2_noise_free"]["CL"] > 0.8
+    answers = json.loads((out / "answers.json").read_text())
+    assert len(answers) == 12 and all(a["dose"] is not None for a in answers.values())
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["qkernel_s"] > 0
+    html = (out / "report.html").read_text()
+    assert "Quantum-kernel covariate model" in html

@@ -279,3 +279,18 @@ def test_phenobarb_fit_matches_grasela_donn(tmp_path):
     assert any(n.startswith("omega_") or n.startswith("sigma_") for n in flagged), summary
     for n in flagged:
         assert any(x.startswith(f"the data do not inform {n}:") for x in fr.warnings)
+
+
+def test_cli_example_public_writes_a_fittable_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from pkpd_jax.cli import app
+    from pkpd_jax.data import Dataset, read_nonmem
+
+    res = CliRunner().invoke(app, ["example", "--public", "theoph", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert "suggested model: --pk pk_1c_oral" in res.output and "mg/kg" in res.output
+    ds = Dataset.from_frame(read_nonmem(tmp_path / "theoph.csv"))
+    assert ds.n_subjects == 12 and "BW" in ds.covariate_names
+    bad = CliRunner().invoke(app, ["example", "--public", "nope", "--out", str(tmp_path)])
+    assert bad.exit_code == 1 and "unknown public data set 'nope'" in bad.output

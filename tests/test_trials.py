@@ -277,6 +277,40 @@ def test_answer_questions_writes_curves(fit_dir, tmp_path):
         assert (tmp_path / f"coverage_{sc}.png").stat().st_size > 10_000
 
 
+def test_quantum_kernel_covariate_model_reproduces_the_covariate_equations(fit_dir):
+    """The optional qkernel stage of `pkpd-jax run`: a regressor trained on a synthetic cohort
+    from the fit's posterior predicts the typical parameters of the covariate equations, and the
+    trial answers built on it agree with those of the fitted equations."""
+    from pkpd_jax.quantum.pipeline import covariate_model_from_fit
+
+    model_fn, info = covariate_model_from_fit(fit_dir, n=400, n_test=100, seed=0, cv_subset=400)
+    assert info["n_train"] == 400 and info["features"] == ["BW", "COMED"]
+    cov = TRUTH["covariates"]
+    bw = np.array([55.0, 70.0, 95.0, 70.0])
+    comed = np.array([0.0, 0.0, 0.0, 1.0])
+    pred = model_fn({"BW": bw, "COMED": comed})
+    assert pred.shape == (4, len(MODEL.param_names))
+    cl = MODEL.param_names.index("CL")
+    v1 = MODEL.param_names.index("V1")
+    want_cl = TRUTH["population"]["CL"] * (bw / 70) ** cov["BW_CL"] * cov["COMED_CL"] ** comed
+    want_v1 = TRUTH["population"]["V1"] * (bw / 70) ** cov["BW_V"]
+    # The cohort's between-subject SD (omega ~0.3) over 400 subjects and the 5% posterior jitter
+    # bound the error of the learned conditional mean to a few percent.
+    np.testing.assert_allclose(pred[:, cl], want_cl, rtol=0.08)
+    np.testing.assert_allclose(pred[:, v1], want_v1, rtol=0.08)
+    assert min(info["r2_noise_free"][p] for p in ("CL", "V1")) > 0.8
+    with pytest.raises(ValueError, match="needs covariates"):
+        model_fn({"BW": bw})
+
+    plain = answer_questions(fit_dir, n_virtual=64, n_draws=4, seed=0, progress=False)
+    quantum = answer_questions(fit_dir, n_virtual=64, n_draws=4, seed=0, progress=False,
+                               individual_model=model_fn)
+    for key in ("daily_90", "weekly_90", "daily_75_nocomed"):
+        step = 0.5 if key.startswith("daily") else 5.0
+        assert abs(quantum[key]["dose"] - plain[key]["dose"]) <= 0.15 * plain[key]["dose"] + step, (
+            key, plain[key], quantum[key])
+
+
 # ---------------------------------------------------------------------------- CLI and bad input
 def test_cli_json_contract(fit_dir):
     runner = CliRunner()

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 
-__all__ = ["read_table", "run_tables", "run_cohort", "parse_names"]
+__all__ = ["read_table", "run_tables", "run_cohort", "parse_names", "covariate_model_from_fit"]
 
 
 def parse_names(text: str | None, what: str) -> list[str] | None:
@@ -302,3 +302,54 @@ def run_cohort(
         te = pl.DataFrame({"ID": np.arange(1, test.n + 1)})
         _write_predictions(out, te, features, targets, test.covariates[:, fidx], pred)
     return res
+
+
+def covariate_model_from_fit(
+    fit_dir,
+    *,
+    n: int = 2000,
+    n_test: int = 500,
+    kernel: str = "angle",
+    method: str = "krr",
+    seed: int = 0,
+    cv_subset: int = 1000,
+):
+    """A kernel regressor of the individual parameters on the covariates, trained on a synthetic
+    cohort of `n` subjects drawn from the fit's posterior, for the virtual trials
+    (``individual_model=`` of [`pkpd_jax.trials.dose_search.answer_questions`][]).
+
+    Returns ``(individual_model, summary)``: ``individual_model({covariate: (m,)}) -> (m, P)``
+    natural-unit parameters (the predicted conditional mean of the unconstrained parameters,
+    mapped back through each parameter's bijection), and the regressor's summary with its R²
+    against the noise-free covariate function on `n_test` held-out subjects."""
+    from .._x64 import enable_x64
+    from .cohort import cohort_from_fit
+    from .evaluate import evaluate_predictions
+
+    enable_x64()
+    cohort, gen, pm = cohort_from_fit(fit_dir, n + n_test, seed, max_draws=1000)
+    features = list(cohort.covariate_names)
+    targets = list(cohort.param_names)
+    train, test = cohort.split(n_test, seed=seed + 1)
+    structure = {p: tuple(s) for p, s in gen.structure.items()}
+    opts = _options(kernel, method, None, 1, None, cv_subset, seed)
+    reg, pred, fit_s, predict_s = _fit_predict(
+        kernel, method, train.covariates, train.log_params, features, targets, test.covariates,
+        structure=structure, **opts,
+    )
+    ev = evaluate_predictions(pred, test, targets)
+    summary = _summary(reg, features, targets, train.n, test.n, fit_s, predict_s)
+    summary.update(r2_noise_free=ev["noise_free"]["r2"], r2_individual=ev["individual"]["r2"])
+    params = pm.model.params
+    if [p.name for p in params] != targets:
+        raise ValueError(f"cohort parameters {targets} do not match the model's {pm.model.param_names}")
+
+    def individual_model(covariates: dict) -> np.ndarray:
+        missing = [c for c in features if c not in covariates]
+        if missing:
+            raise ValueError(f"the covariate model needs covariates {missing}.")
+        x = np.stack([np.asarray(covariates[c], float) for c in features], axis=1)
+        u = np.asarray(reg.predict(x), float)
+        return np.stack([np.asarray(p.to_natural(u[:, k])) for k, p in enumerate(params)], axis=1)
+
+    return individual_model, summary
