@@ -42,9 +42,11 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def bench(session: nox.Session) -> None:
     """Speed against peers (scipy solve_ivp, numpyro NUTS, circuit-by-circuit kernels, ...); writes
-    benchmarks/results/. `nox -s bench -- --quick` for a short run."""
+    benchmarks/results/. `nox -s bench -- --quick` for a short run. The model-selection baseline
+    (`benchmarks/bench_selector_baseline.py --corpus DIR`) needs a corpus and runs on its own."""
     session.install("-e", ".")
-    for script in ("simulate", "samplers", "likelihood", "corpus", "train", "qkernel", "trials"):
+    scripts = ("simulate", "samplers", "likelihood", "corpus", "train", "qkernel", "trials", "fit", "run")
+    for script in scripts:
         session.run("python", f"benchmarks/bench_{script}.py", *session.posargs)
 
 

@@ -59,10 +59,13 @@ def one_run(setting: str, cache: Path, extra: list[str]) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", nargs="+", default=["fast", "full"], choices=["fast", "full"])
+    ap.add_argument("--quick", action="store_true", help="only `run --fast` (cold and warm)")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                     help="more `pkpd-jax run` arguments (e.g. --qkernel)")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.settings = ["fast"]
     truth_path = args.out / "trials.json"
     true = None
     if truth_path.exists():
