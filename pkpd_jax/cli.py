@@ -272,7 +272,9 @@ def run(
     timings["validate_s"] = time.perf_counter() - t
 
     typer.echo("[2/5] model selection")
+    t = time.perf_counter()
     selection = _select_model(source, pk, pd)
+    timings["select_s"] = time.perf_counter() - t
     (out / "model_selection.json").write_text(json.dumps(selection, indent=2) + "\n")
     typer.echo(f"      {selection['pk']} + {selection['pd']} ({selection['how']})")
 
@@ -515,7 +517,7 @@ def _print_fit_table(fr) -> None:
 #: Modules that contribute commands: each has `register(app, friendly=...)` and stays cheap to
 #: import (heavy imports inside the command functions). Missing modules are skipped.
 _COMMAND_MODULES = ("amortized.corpus_commands", "amortized.commands", "amortized.classify_commands",
-                    "quantum.commands", "trials.commands")
+                    "quantum.commands", "trials.commands", "virtual_patients.commands")
 
 
 def _register_subpackage_commands() -> None:
