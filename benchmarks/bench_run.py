@@ -15,7 +15,7 @@ Usage::
     python benchmarks/bench_run.py                  # --fast cold and warm, full cold
     python benchmarks/bench_run.py --settings fast  # only --fast (cold and warm)
 
-Results: ``<out>/run.{json,md}``.
+Results: ``<out>/run.{json,md}`` (``run_quick.*`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -98,7 +98,8 @@ def main(argv=None) -> None:
         "command": "python benchmarks/bench_run.py " + " ".join(argv if argv is not None else sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "run.json").write_text(json.dumps({"info": info, "runs": runs}, indent=2) + "\n")
+    stem = "run_quick" if args.quick else "run"
+    (args.out / f"{stem}.json").write_text(json.dumps({"info": info, "runs": runs}, indent=2) + "\n")
     stages = sorted({k for r in runs for k in r["timings"]} - {"total_s"})
     lines = [
         "# `pkpd-jax run` on the bundled example study",
@@ -120,7 +121,7 @@ def main(argv=None) -> None:
             + f" | {'' if hit is None else f'{sum(hit.values())}/{len(hit)}'} |"
         )
     md = "\n".join(lines) + "\n"
-    (args.out / "run.md").write_text(md)
+    (args.out / f"{stem}.md").write_text(md)
     print(md)
 
 

@@ -207,7 +207,7 @@ def validate(
 #: Settings of `pkpd-jax run` (full / `--fast`).
 RUN_SETTINGS = {
     "full": dict(chains=4, warmup=1000, samples=1000, n_virtual=1000, n_draws=100, qkernel_n=2000),
-    "fast": dict(chains=2, warmup=300, samples=200, n_virtual=300, n_draws=40, qkernel_n=500),
+    "fast": dict(chains=2, warmup=200, samples=150, n_virtual=300, n_draws=40, qkernel_n=500),
 }
 #: The population model fitted by `run` when no selector decides (see model_selection.json).
 DEFAULT_PIPELINE_MODEL = ("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
