@@ -5,29 +5,10 @@ Cheap to import: JAX and the simulator are imported inside the command.
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-
-def _use_host_devices(n: int) -> None:
-    """Split the CPU into `n` JAX host devices (the corpus shards subjects over devices). Only
-    possible before JAX starts, so a no-op when it already has."""
-    if n <= 1 or "jax" in sys.modules:
-        return
-    flags = os.environ.get("XLA_FLAGS", "")
-    if "xla_force_host_platform_device_count" not in flags:
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def corpus_command(
@@ -51,7 +32,9 @@ def corpus_command(
         raise ValueError(f"--n must be >= 1; got {n}.")
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1; got {shard_size}.")
-    _use_host_devices(_cpu_count() if devices is None else devices)
+    from .._devices import use_host_devices
+
+    use_host_devices(devices)  # default: one device per core
     from .corpus import generate_corpus
 
     names = None if classes is None else tuple(c.strip() for c in classes.split(",") if c.strip())
