@@ -90,7 +90,7 @@ def one_fit(args, chain_devices, truth) -> dict:
     ess_bulk = {n: row["ess_bulk"] for n, row in table.items()}
     ess_tail = {n: row["ess_tail"] for n, row in table.items()}
     rhat = {n: row["rhat"] for n, row in table.items()}
-    steps = np.asarray(r.num_integration_steps) if hasattr(r, "num_integration_steps") else None
+    steps = np.asarray(r.num_integration_steps)  # per kept draw: summed over its `thin` iterations
     worst_ess = min(ess_bulk, key=ess_bulk.get)
     worst_rhat = max(rhat, key=rhat.get)
     out = {
@@ -102,7 +102,7 @@ def one_fit(args, chain_devices, truth) -> dict:
         "before_sampling_s": wall - r.wall_s,
         "warmup_leapfrog_steps": int(np.sum(r.warmup_steps)) if r.warmup_steps is not None else None,
         "sampling_steps_per_iteration": (
-            float(np.mean(steps)) / max(r.thin, 1) if steps is not None and steps.size else None
+            float(np.mean(steps)) / r.thin if steps.size else None
         ),
         "min_ess_bulk": ess_bulk[worst_ess],
         "min_ess_bulk_param": worst_ess,

@@ -104,20 +104,26 @@ print(json.dumps({
 """
 
 
-def test_sharded_population_equals_unsharded_on_four_devices():
+def _run_on_host_devices(script: str, devices: int, timeout: int) -> dict:
+    """Run `script` in a fresh Python with `devices` CPU devices (float64); its last stdout line
+    is JSON."""
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
         "JAX_ENABLE_X64": "1",
         "JAX_PLATFORMS": "cpu",
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
     }
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-        timeout=600,
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_population_equals_unsharded_on_four_devices():
+    out = _run_on_host_devices(SCRIPT, 4, timeout=600)
     assert out["devices"] == 4
     assert out["shape"] == [103, 8]
     assert out["status"] == [0, 0, 0]
@@ -217,19 +223,7 @@ def test_chains_sharded_over_two_devices_match_one_device():
     """`sample(chain_devices=2)` (jax.shard_map over chains, as the command line runs a fit on a
     2-core host) gives the draws of the single-device vmap: QHMC through the population model's
     batched ODE loop, NUTS on a Gaussian; 3 chains cannot be split over 2 devices."""
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-        "JAX_ENABLE_X64": "1",
-        "JAX_PLATFORMS": "cpu",
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
-    proc = subprocess.run(
-        [sys.executable, "-c", SAMPLER_SCRIPT], cwd=ROOT, env=env, capture_output=True,
-        text=True, timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out = _run_on_host_devices(SAMPLER_SCRIPT, 2, timeout=900)
     assert out["layout"] == 2
     for sampler, r in out["res"].items():
         assert r["finite"], sampler

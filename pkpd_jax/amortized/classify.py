@@ -164,58 +164,48 @@ class SubjectRecord:
 
 
 def study_subjects(data) -> list[SubjectRecord]:
-    """Split a study (a CSV path, a polars frame or a clean frame of `read_nonmem`) into subjects.
+    """Split a study (a CSV path, a polars frame or a [`Dataset`][pkpd_jax.data.Dataset]) into
+    subjects, through the project's data layer (validation, RATE -> DUR, padding).
 
-    Observations with ``MDV = 1`` are ignored; BLQ records keep their flag.
+    Observations with ``MDV = 1`` are ignored; BLQ records keep their flag (DV set to 0).
     """
-    import polars as pl
+    from ..data import Dataset, read_nonmem
 
-    from ..data import read_nonmem
-
-    df = data if isinstance(data, pl.DataFrame) and "_SUBJ" in data.columns else read_nonmem(data)
-    cols = df.columns
-    subj = df["_SUBJ"].to_numpy()
-    ids = df["ID"].to_list()
-    time = df["TIME"].to_numpy().astype(float)
-    amt = np.nan_to_num(df["AMT"].to_numpy().astype(float))
-    dv = df["DV"].to_numpy().astype(float)
-    evid = df["EVID"].to_numpy().astype(float)
-    mdv = df["MDV"].to_numpy().astype(float)
-    dvid = np.nan_to_num(df["DVID"].to_numpy().astype(float), nan=1.0)
-    dur = np.nan_to_num(df["DUR"].to_numpy().astype(float)) if "DUR" in cols else np.zeros_like(time)
-    blq = np.zeros(len(time), bool)
-    if "BLQ" in cols:
-        blq = np.nan_to_num(df["BLQ"].to_numpy().astype(float)) > 0
+    ds = data if isinstance(data, Dataset) else Dataset.from_frame(read_nonmem(data))
+    time, dv, dvid, mask, blq = (np.asarray(a) for a in (
+        ds.obs_time, ds.obs_dv, ds.obs_dvid, ds.obs_mask, ds.obs_blq))
+    reg = ds.regimen
+    d_time, d_amt, d_dur = (np.asarray(a, float) for a in (reg.time, reg.amount, reg.duration))
     out = []
-    for s in np.unique(subj):
-        rows = subj == s
-        dose = rows & (evid == 1) & (amt > 0)
-        obs = rows & (evid == 0) & (mdv == 0)
-        pk = obs & (dvid == 1)
-        pd = obs & (dvid == 2)
-        first = int(np.flatnonzero(rows)[0])
+    for i, sid in enumerate(ds.ids):
+        pk = mask[i] & (dvid[i] == 1)
+        pd = mask[i] & (dvid[i] == 2)
+        dose = d_amt[i] > 0  # padding rows have zero amount
         out.append(SubjectRecord(
-            id=str(ids[first]),
-            conc_times=time[pk], conc=np.where(blq[pk], 0.0, dv[pk]), conc_blq=blq[pk],
-            resp_times=time[pd], resp=dv[pd],
-            dose_times=time[dose], dose_amounts=amt[dose], dose_durations=dur[dose],
+            id=str(sid),
+            conc_times=time[i, pk].astype(float), conc=np.where(blq[i, pk], 0.0, dv[i, pk]),
+            conc_blq=blq[i, pk], resp_times=time[i, pd].astype(float), resp=dv[i, pd],
+            dose_times=d_time[i, dose], dose_amounts=d_amt[i, dose], dose_durations=d_dur[i, dose],
         ))
     return out
 
 
-def _pk_reason(s: SubjectRecord) -> str | None:
+def _dose_and_conc_reason(s: SubjectRecord, min_conc: int) -> str | None:
     if not s.has_dose:
         return "no dose (placebo)"
-    if s.n_quantified < MIN_PK_OBS:
-        return f"{s.n_quantified} quantified concentration(s), fewer than {MIN_PK_OBS}"
+    if s.n_quantified < min_conc:
+        return f"{s.n_quantified} quantified concentration(s), fewer than {min_conc}"
     return None
 
 
+def _pk_reason(s: SubjectRecord) -> str | None:
+    return _dose_and_conc_reason(s, MIN_PK_OBS)
+
+
 def _pd_reason(s: SubjectRecord) -> str | None:
-    if not s.has_dose:
-        return "no dose (placebo)"
-    if s.n_quantified < MIN_PD_CONC:
-        return f"{s.n_quantified} quantified concentration(s), fewer than {MIN_PD_CONC}"
+    reason = _dose_and_conc_reason(s, MIN_PD_CONC)
+    if reason is not None:
+        return reason
     n_resp = int(np.sum(np.isfinite(s.resp)))
     if n_resp < MIN_PD_RESP:
         return f"{n_resp} biomarker observation(s), fewer than {MIN_PD_RESP}"
