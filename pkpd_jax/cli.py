@@ -517,7 +517,8 @@ def _print_fit_table(fr) -> None:
 #: Modules that contribute commands: each has `register(app, friendly=...)` and stays cheap to
 #: import (heavy imports inside the command functions). Missing modules are skipped.
 _COMMAND_MODULES = ("amortized.corpus_commands", "amortized.commands", "amortized.classify_commands",
-                    "quantum.commands", "trials.commands", "virtual_patients.commands")
+                    "quantum.commands", "trials.commands", "virtual_patients.commands",
+                    "twin.commands")
 
 
 def _register_subpackage_commands() -> None:

@@ -87,6 +87,7 @@ __all__ = [
     "build_kernel",
     "as_top_level_api",
     "draw_inverse_mass",
+    "metric_dim",
 ]
 
 QHMCState = hmc.HMCState
@@ -128,17 +129,39 @@ def draw_inverse_mass(rng_key, inverse_mass_center, log_mass_sd, xi_clip: float 
     ``ξ ~ N(0, I)``, or truncated to ``[-xi_clip, xi_clip]`` when ``xi_clip`` is given.
     Returns ``(inverse_mass, log_mass)``; with ``log_mass_sd == 0`` the inverse mass equals
     ``inverse_mass_center`` exactly.
+
+    ``inverse_mass_center`` is a diagonal ``(d,)`` or a low-rank-modified metric
+    ``blackjax.mcmc.metrics.LowRankInverseMassMatrix(sigma, U, lam)``
+    (``M_c^{-1} = diag(σ)(I + U(Λ - I)Uᵀ)diag(σ)``). For the latter the random factor acts on
+    the diagonal scale, ``σ -> σ e^{-sξ/2}``: the drawn inverse mass is
+    ``diag(e^{-sξ/2}) M_c^{-1} diag(e^{-sξ/2})`` (still symmetric positive definite, still drawn
+    independently of the position), and ``log_mass`` reports its diagonal scale
+    ``sξ - 2 log σ``.
     """
-    inverse_mass_center = jnp.asarray(inverse_mass_center)
-    shape, dtype = inverse_mass_center.shape, inverse_mass_center.dtype
+    if isinstance(inverse_mass_center, metrics.LowRankInverseMassMatrix):
+        sigma = jnp.asarray(inverse_mass_center.sigma)
+        shape, dtype = sigma.shape, sigma.dtype
+    else:
+        inverse_mass_center = jnp.asarray(inverse_mass_center)
+        shape, dtype = inverse_mass_center.shape, inverse_mass_center.dtype
     if xi_clip is None:
         xi = jax.random.normal(rng_key, shape, dtype)
     else:
         xi = jax.random.truncated_normal(rng_key, -xi_clip, xi_clip, shape, dtype)
     scaled = log_mass_sd * xi
+    if isinstance(inverse_mass_center, metrics.LowRankInverseMassMatrix):
+        drawn = inverse_mass_center._replace(sigma=sigma * jnp.exp(-0.5 * scaled))
+        return drawn, scaled - 2.0 * jnp.log(sigma)
     inverse_mass = inverse_mass_center * jnp.exp(-scaled)
     log_mass = scaled - jnp.log(inverse_mass_center)
     return inverse_mass, log_mass
+
+
+def metric_dim(inverse_mass_center) -> tuple[int, ...]:
+    """Shape of the flat position a mass centre (diagonal or low-rank) applies to."""
+    if isinstance(inverse_mass_center, metrics.LowRankInverseMassMatrix):
+        return tuple(jnp.shape(inverse_mass_center.sigma))
+    return tuple(jnp.shape(inverse_mass_center))
 
 
 def build_kernel(
@@ -163,7 +186,8 @@ def build_kernel(
     ``kernel(rng_key, state, logdensity_fn, step_size, inverse_mass_center, log_mass_sd,
     num_integration_steps) -> (QHMCState, QHMCInfo)``, a pure function (not jitted).
     ``inverse_mass_center`` is the diagonal ``1/m_c`` as a flat ``(d,)`` array (``d`` = size of
-    the raveled position); ``log_mass_sd`` is the spread ``s >= 0`` of the log-mass.
+    the raveled position), or a ``LowRankInverseMassMatrix`` (see :func:`draw_inverse_mass`);
+    ``log_mass_sd`` is the spread ``s >= 0`` of the log-mass.
     """
     hmc_kernel = hmc.build_kernel(integrator=integrator, divergence_threshold=divergence_threshold)
 
@@ -176,12 +200,12 @@ def build_kernel(
         log_mass_sd,
         num_integration_steps,
     ) -> tuple[QHMCState, QHMCInfo]:
-        inverse_mass_center = jnp.asarray(inverse_mass_center)
         flat_position, _ = ravel_pytree(state.position)
-        if inverse_mass_center.shape != flat_position.shape:
+        if metric_dim(inverse_mass_center) != flat_position.shape:
             raise ValueError(
-                "qhmc: inverse_mass_center must be a diagonal of shape "
-                f"{flat_position.shape} (the raveled position), got shape {inverse_mass_center.shape}"
+                "qhmc: inverse_mass_center must be a diagonal (or a low-rank metric's sigma) of "
+                f"shape {flat_position.shape} (the raveled position), got shape "
+                f"{metric_dim(inverse_mass_center)}"
             )
         key_mass, key_hmc = jax.random.split(rng_key)
         inverse_mass, log_mass = draw_inverse_mass(key_mass, inverse_mass_center, log_mass_sd, xi_clip)

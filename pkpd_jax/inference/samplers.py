@@ -93,8 +93,10 @@ import jax.numpy as jnp
 import numpy as np
 from blackjax.adaptation.base import get_filter_adapt_info_fn
 from blackjax.adaptation.mass_matrix import mass_matrix_adaptation
+from blackjax.adaptation.metric_estimators import fisher_score_low_rank
 from blackjax.adaptation.step_size import dual_averaging_adaptation
 from blackjax.adaptation.window_adaptation import build_schedule
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 
 from pkpd_jax.inference import qhmc
 
@@ -207,6 +209,19 @@ class QHMCOptions:
         Any position-independent mass distribution keeps the kernel exact; the truncation stops
         the rare very light masses that make the leapfrog unstable at the adapted step size (they
         show up as divergences even on a Gaussian).
+    metric
+        Mass centre: ``"diag"`` (Welford variances) or ``"low_rank"`` (a diagonal scale plus a
+        rank-``max_rank`` correction, estimated at the end of every slow window from the
+        window's draws *and* log-density gradients pooled over chains by the Fisher-divergence
+        estimator of Seyboldt et al. (nutpie; ``blackjax.adaptation.metric_estimators.
+        fisher_score_low_rank``, regularisation ``low_rank_gamma``, eigenvalues within
+        ``[1/low_rank_cutoff, low_rank_cutoff]`` left uncorrected). The low-rank part absorbs the
+        few strongly correlated directions of a hierarchical posterior (a typical value and its
+        subjects' individual values), which a diagonal mass cannot, so the quarter-period path
+        length and the leapfrog count per iteration drop. The mass draw then scales the
+        diagonal part (see :func:`pkpd_jax.inference.qhmc.draw_inverse_mass`).
+    max_rank, low_rank_gamma, low_rank_cutoff
+        Settings of the low-rank estimator (``metric="low_rank"`` only).
     """
 
     log_mass_sd: float = 0.5
@@ -221,9 +236,17 @@ class QHMCOptions:
     divergence_threshold: float = 1000.0
     integrator: Callable = integrators.velocity_verlet
     xi_clip: float | None = 2.0
+    metric: str = "diag"
+    max_rank: int = 10
+    low_rank_gamma: float = 1e-5
+    low_rank_cutoff: float = 2.0
 
     def __post_init__(self):
         _check(self.log_mass_sd >= 0, "log_mass_sd", ">= 0", self.log_mass_sd)
+        _check(self.metric in ("diag", "low_rank"), "metric", "'diag' or 'low_rank'", self.metric)
+        _check(self.max_rank >= 1, "max_rank", "an integer >= 1", self.max_rank)
+        _check(self.low_rank_gamma > 0, "low_rank_gamma", "> 0", self.low_rank_gamma)
+        _check(self.low_rank_cutoff >= 1, "low_rank_cutoff", ">= 1", self.low_rank_cutoff)
         _check(
             0 < self.target_acceptance_rate < 1,
             "target_acceptance_rate",
@@ -332,6 +355,19 @@ def _chain_map(fn: _StaticFn, f: Callable, in_axes) -> Callable:
     return jax.shard_map(vf, mesh=mesh, in_specs=specs, out_specs=P("chains"), check_vma=False)
 
 
+def _replicated(fn: _StaticFn, tree):
+    """``tree`` constrained to be replicated on the chains' devices. The buffers that collect
+    the chains' positions inherit the chain axis's sharding from the ``shard_map`` outputs, and
+    a dense factorisation (SVD, eigh) of a row-sharded operand is not partitioned correctly on
+    the CPU backend (LAPACK sees garbage), so the estimator gets whole copies."""
+    if fn.shards <= 1:
+        return tree
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.asarray(jax.devices()[: fn.shards]), ("chains",))
+    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))
+
+
 def _chain_shards(num_chains: int, requested: int | None = None) -> int:
     """How many devices :func:`sample` splits ``num_chains`` chains over: ``requested`` if given
     (it must divide the chains and not exceed the devices), else the largest divisor of
@@ -361,13 +397,62 @@ class _QHMCWarmup(NamedTuple):
     da: Any  # shared dual-averaging state
     mm: Any  # pooled diagonal Welford state
     step_size: jax.Array
-    inverse_mass: jax.Array  # (d,)
+    inverse_mass: Any  # (d,) diagonal, or a LowRankInverseMassMatrix
     trajectory_length: jax.Array
     probes: jax.Array  # (k, d) power-iteration vectors u
     probe_acc: jax.Array  # (k, d) sum over the window and chains of (y . u) y, y = x - shift
     sum_y: jax.Array  # (d,)
     shift: jax.Array  # (d,) mean position at the window's first slow iteration (centring)
     count: jax.Array
+    buf_x: jax.Array  # (B, d) slow-window positions, all chains (low-rank metric; B = 0 otherwise)
+    buf_g: jax.Array  # (B, d) their log-density gradients
+
+
+def _inv_mass_times(metric, v):
+    """``M^{-1} v`` for a diagonal ``(d,)`` inverse mass or a ``LowRankInverseMassMatrix``;
+    ``v`` is ``(..., d)``."""
+    if isinstance(metric, LowRankInverseMassMatrix):
+        q = metric.sigma * v
+        q = q + ((q @ metric.U) * (metric.lam - 1.0)) @ metric.U.T
+        return metric.sigma * q
+    return metric * v
+
+
+def _mass_times(metric, v):
+    """``M v`` (the inverse of :func:`_inv_mass_times`)."""
+    if isinstance(metric, LowRankInverseMassMatrix):
+        q = v / metric.sigma
+        q = q + ((q @ metric.U) * (1.0 / metric.lam - 1.0)) @ metric.U.T
+        return q / metric.sigma
+    return v / metric
+
+
+def _metric_diagonal(metric):
+    """Diagonal of ``M^{-1}`` (what :class:`MCMCResult` reports), batched over leading axes."""
+    if isinstance(metric, LowRankInverseMassMatrix):
+        corr = jnp.einsum("...dk,...k->...d", metric.U**2, metric.lam - 1.0)
+        return metric.sigma**2 * (1.0 + corr)
+    return metric
+
+
+def _low_rank_from_buffer(opts: QHMCOptions, buf_x, buf_g, n_valid):
+    """Fisher-divergence low-rank metric from the first ``n_valid`` rows of the buffers.
+
+    The estimator takes a plain ``(n, d)`` array; rows past ``n_valid`` are set to the valid
+    rows' mean, so they add nothing to any centred sum and leave the means unchanged (the
+    variances it divides are both scaled by the same ``n_valid / n``, which cancels in
+    ``σ = (Var x / Var ∇)^{1/4}``)."""
+    rows = jnp.arange(buf_x.shape[0])[:, None] < n_valid
+    n = jnp.maximum(n_valid, 1).astype(buf_x.dtype)
+
+    def pad(b):
+        mean = jnp.sum(jnp.where(rows, b, 0.0), axis=0) / n
+        return jnp.where(rows, b, mean)
+
+    return fisher_score_low_rank(
+        pad(buf_x), pad(buf_g), min(opts.max_rank, buf_x.shape[1]),
+        gamma=opts.low_rank_gamma, cutoff=opts.low_rank_cutoff,
+    )
 
 
 def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size, warmup: bool = False):
@@ -396,17 +481,21 @@ def _qhmc_transition(logdensity_fn, opts: QHMCOptions, key, shared_key, state, p
 
 
 def _qhmc_broadcast(num_chains, d, step_size, inverse_mass, trajectory_length) -> _QHMCParams:
+    del d
     return _QHMCParams(
         jnp.broadcast_to(step_size, (num_chains,)),
-        jnp.broadcast_to(inverse_mass, (num_chains, d)),
+        jax.tree.map(lambda a: jnp.broadcast_to(a, (num_chains, *a.shape)), inverse_mass),
         jnp.broadcast_to(trajectory_length, (num_chains,)),
     )
 
 
-def _qhmc_warmup_init(logdensity_fn, opts: QHMCOptions, key, positions, inverse_mass0, eps0) -> _QHMCWarmup:
+def _qhmc_warmup_init(
+    logdensity_fn, opts: QHMCOptions, key, positions, inverse_mass0, eps0, buffer_rows: int = 0
+) -> _QHMCWarmup:
     """Initial warm-up carry: chain states, dual averaging from ``eps0``, the mass
-    centre ``inverse_mass0`` (e.g. the inverse curvature at the MAP; ones by default) and
-    ``T = pi/2`` (or the fixed ``trajectory_length``)."""
+    centre ``inverse_mass0`` (e.g. the inverse curvature at the MAP; ones by default; as a
+    low-rank metric with no correction when ``opts.metric == "low_rank"``), ``T = pi/2`` (or the
+    fixed ``trajectory_length``) and ``buffer_rows`` rows of slow-window buffers."""
     num_chains, d = positions.shape
     dtype = positions.dtype
     da_init, _, _ = dual_averaging_adaptation(opts.target_acceptance_rate)
@@ -419,18 +508,27 @@ def _qhmc_warmup_init(logdensity_fn, opts: QHMCOptions, key, positions, inverse_
     probes = jax.random.normal(key, (k, d), dtype)
     probes = probes / jnp.linalg.norm(probes, axis=1, keepdims=True)
     as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
+    inverse_mass = jnp.asarray(inverse_mass0, dtype)
+    if opts.metric == "low_rank":
+        r = min(opts.max_rank, d)
+        inverse_mass = LowRankInverseMassMatrix(
+            jnp.sqrt(inverse_mass), jnp.eye(d, r, dtype=dtype), jnp.ones(r, dtype)
+        )
+    rows = buffer_rows if opts.metric == "low_rank" else 0
     return _QHMCWarmup(
         states=states,
         da=as_dtype(da_init(eps0)),
         mm=as_dtype(mm_init(d)),
         step_size=eps0,
-        inverse_mass=jnp.asarray(inverse_mass0, dtype),
+        inverse_mass=inverse_mass,
         trajectory_length=t0,
         probes=probes,
         probe_acc=jnp.zeros((k, d), dtype),
         sum_y=jnp.zeros(d, dtype),
         shift=jnp.mean(positions, axis=0),
         count=jnp.zeros((), dtype),
+        buf_x=jnp.zeros((rows, d), dtype),
+        buf_g=jnp.zeros((rows, d), dtype),
     )
 
 
@@ -450,17 +548,22 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
 
     def end_window(c: _QHMCWarmup) -> _QHMCWarmup:
         mm = as_dtype(mm_final(c.mm))
-        imm = mm.inverse_mass_matrix
+        if opts.metric == "low_rank":
+            buf_x, buf_g = _replicated(logdensity_fn, (c.buf_x, c.buf_g))
+            imm = as_dtype(_low_rank_from_buffer(opts, buf_x, buf_g, c.count.astype(jnp.int32)))
+        else:
+            imm = mm.inverse_mass_matrix
         n = jnp.maximum(c.count, 1.0)
         mean_y = c.sum_y / n
         cov_u = c.probe_acc / n - (c.probes @ mean_y)[:, None] * mean_y[None, :]  # Σ̂ u, (k, d)
-        rayleigh = jnp.sum(c.probes * cov_u, axis=1) / jnp.sum(c.probes**2 * imm, axis=1)
+        u_norm = jnp.sum(c.probes * _inv_mass_times(imm, c.probes), axis=1)  # u' M^-1 u
+        rayleigh = jnp.sum(c.probes * cov_u, axis=1) / u_norm
         lam = jnp.max(jnp.where(jnp.isfinite(rayleigh), rayleigh, 0.0))
         if fixed_t is None:
             t_new = (math.pi / 2) * jnp.sqrt(jnp.maximum(lam, 1.0))
         else:
             t_new = c.trajectory_length
-        new_probes = cov_u / imm
+        new_probes = _mass_times(imm, cov_u)
         norms = jnp.linalg.norm(new_probes, axis=1, keepdims=True)
         good = jnp.isfinite(norms) & (norms > 0)
         new_probes = jnp.where(good, new_probes / jnp.where(good, norms, 1.0), c.probes)
@@ -501,6 +604,11 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
         shift = jnp.where(c.count == 0, jnp.mean(x, axis=0), c.shift)
         y = x - shift
         w = jnp.where(slow, 1.0, 0.0).astype(dtype)
+        if opts.metric == "low_rank":  # append the chains' positions and gradients
+            row = jnp.minimum(c.count, c.buf_x.shape[0] - num_chains).astype(jnp.int32)
+            put = lambda buf, v: jnp.where(  # noqa: E731
+                slow, jax.lax.dynamic_update_slice(buf, v.astype(dtype), (row, jnp.zeros((), jnp.int32))), buf)
+            c = c._replace(buf_x=put(c.buf_x, x), buf_g=put(c.buf_g, states.logdensity_grad))
         c = c._replace(
             states=states,
             da=da,
@@ -628,7 +736,18 @@ def _reasonable_step_size(fn, opts: QHMCOptions, key, positions, inverse_mass, m
     return eps
 
 
-_qhmc_init_jit = jax.jit(_qhmc_warmup_init, static_argnames=("logdensity_fn", "opts"))
+_qhmc_init_jit = jax.jit(_qhmc_warmup_init, static_argnames=("logdensity_fn", "opts", "buffer_rows"))
+
+
+def _longest_slow_window(schedule: np.ndarray) -> int:
+    """Iterations of the longest slow window of a ``build_schedule`` array (0 if none)."""
+    longest = run = 0
+    for stage, end in schedule:
+        run = run + 1 if stage == 1 else 0
+        longest = max(longest, run)
+        if end:
+            run = 0
+    return longest
 _qhmc_chunk_jit = jax.jit(_qhmc_warmup_chunk, static_argnames=("logdensity_fn", "opts"))
 _qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
@@ -645,10 +764,11 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
     eps0 = opts.initial_step_size
     if num_warmup > 0:
         eps0 = _reasonable_step_size(fn, opts, key_eps, positions, inverse_mass0)
-    carry = _qhmc_init_jit(fn, opts, key_probe, positions, inverse_mass0, eps0)
+    schedule = np.asarray(build_schedule(num_warmup)) if num_warmup > 0 else np.zeros((0, 2), int)
+    buffer_rows = _longest_slow_window(schedule) * positions.shape[0]
+    carry = _qhmc_init_jit(fn, opts, key_probe, positions, inverse_mass0, eps0, buffer_rows)
     stats = []
     if num_warmup > 0:
-        schedule = np.asarray(build_schedule(num_warmup))
         keys = jax.random.split(key_scan, num_warmup)
         n_chunks = -(-num_warmup // chunk)
         pad = n_chunks * chunk - num_warmup
@@ -816,7 +936,12 @@ def sample(
         initial_positions, sampler, num_warmup, num_samples, thin, chunk, sampler_options
     )
     num_chains, dim = positions.shape
-    fn = _StaticFn(logdensity_fn, _chain_shards(num_chains, chain_devices))
+    shards = _chain_shards(num_chains, chain_devices)
+    if isinstance(opts, QHMCOptions) and opts.metric == "low_rank":
+        # The low-rank estimator's factorisations on buffers of shard_map outputs give wrong
+        # numbers on the CPU backend (seen with 2 host devices); run such chains on one device.
+        shards = 1
+    fn = _StaticFn(logdensity_fn, shards)
     t_start = time.perf_counter()
     init_ld = np.asarray(_initial_logdensity(fn, positions))
     if init_ld.shape != (num_chains,):
@@ -934,7 +1059,7 @@ def _assemble(
         traj = np.full(num_chains, np.nan, dtype)
     else:
         step_size = np.asarray(params.step_size)
-        inverse_mass = np.asarray(params.inverse_mass)
+        inverse_mass = np.asarray(_metric_diagonal(params.inverse_mass))
         traj = (
             np.asarray(params.trajectory_length)
             if isinstance(opts, QHMCOptions)

@@ -31,7 +31,17 @@ def _lookup(name: str, table: dict, family: str):
     return table[name]()
 
 
+# Models reachable by name but kept out of `PK_MODELS` / `list_models` (the compartmental
+# classes that corpora and the amortized selector enumerate): imported on first use.
+_EXTRA_PK = {"pbpk_whole_body": ("pkpd_jax.pbpk.model", "WholeBodyPBPK")}
+
+
 def get_pk(name: str) -> AbstractPK:
+    if name in _EXTRA_PK:
+        import importlib
+
+        module, cls = _EXTRA_PK[name]
+        return getattr(importlib.import_module(module), cls)()
     return _lookup(name, _PK, "PK")
 
 

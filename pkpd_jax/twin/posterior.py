@@ -1,0 +1,773 @@
+"""One patient's individual posterior under a population model: MAP + Laplace, mixed over draws.
+
+**Model.** For population draw ``k`` (typical values, covariate effects, ``ω``, ``σ``) and the
+patient's covariates ``x``, the individual parameters are, exactly as in the population model
+(`pkpd_jax.inference.population`)::
+
+    g(θ) = u_k(x) + ω_k ⊙ η,   u_k(x) = g(typical_k) + Σ_e coef_e,k · x_e · [e acts on θ],
+    η ~ N(0, I)  (one coordinate per parameter with between-subject variability)
+
+and the observations are ``DV ~ N(f, (σ_prop·f)² + σ_add²)`` per type (DVID 1 concentration,
+DVID 2 biomarker), BLQ rows with the M3 likelihood ``Φ((LLOQ − f)/sd)``; quantified
+concentrations at or before the first dose are not used (the model predicts 0 there), as in the
+population fit.
+
+**Per draw: MAP and Laplace.** The negative log posterior in η,
+``L_k(η) = −log p(y | η, draw k) + ½‖η‖²``, is minimised by Levenberg-Marquardt with the
+Gauss-Newton/Fisher matrix ``Jᵀ W J + I`` (``J = ∂f/∂η`` by forward-mode differentiation
+through the simulator, `jax.jacfwd` with diffrax's forward-mode adjoint; ``W`` the expected
+information of each observation about its prediction,
+``1/v + 2σ_prop⁴f²/v²`` with ``v = (σ_prop·f)² + σ_add²``). The posterior is then approximated by
+``N(η̂_k, H_k⁻¹)`` with ``H_k`` the Hessian of ``L_k`` at ``η̂_k`` — by default central
+differences of the exact forward-mode gradient (``2B`` gradient calls of the already compiled
+evaluation; the exact forward-over-forward Hessian, ``hessian="exact"``, agrees to ~1e-8 but
+compiles for minutes for ODE models) — falling back to the Fisher matrix where it is not
+positive definite (Laplace approximation; Tierney & Kadane 1986, JASA 81:82-86; the idea of
+NONMEM's FOCE-I conditional estimates).
+
+**Integrating over population uncertainty.** With ``K`` population draws from a fit's posterior
+``p(pop | study)``, the patient's posterior is the mixture
+``Σ_k w_k N(η̂_k, H_k⁻¹)`` (each mapped through its own draw's ``u_k``, ``ω_k``) with weights
+``w_k ∝ p(y | draw k)``, the Laplace evidence ``exp(−L_k(η̂_k))·|H_k|^{-1/2}``: the draws are
+reweighted by how well they explain this patient (importance weights from ``p(pop | study)`` to
+``p(pop | study, patient)``). ``K = 1`` (e.g. the known truth of a simulated study, or
+posterior means) fixes the population values.
+
+[`hmc_check`][] samples the same per-draw posterior with NUTS (blackjax) for a check of the
+Laplace approximation on one patient.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import diffrax as dfx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import log_ndtr
+
+from ..dosing import Regimen
+from ..models.coupling import PKPDModel
+from ..simulate import SolverConfig, simulate
+
+
+__all__ = [
+    "TwinError",
+    "PatientRecord",
+    "PatientArrays",
+    "TwinPopulation",
+    "TwinPosterior",
+    "individual_posterior",
+    "individual_posteriors",
+    "neg_log_posterior",
+    "predictions",
+    "hmc_check",
+    "TWIN_CONFIG",
+]
+
+#: Solver settings of the twin (forward-mode adjoint: every derivative here is `jacfwd`).
+TWIN_CONFIG = SolverConfig(rtol=1e-8, atol=1e-10, adjoint=dfx.ForwardMode())
+_TYPES = {1: "PK", 2: "PD"}
+
+
+class TwinError(ValueError):
+    """A patient record or population that the twin cannot use as given."""
+
+
+# ============================================================================ the patient
+class PatientArrays(NamedTuple):
+    """One patient's data as fixed-shape arrays (a pytree: several patients stack and vmap).
+
+    `regimen`: doses ``(D,)``; observation arrays ``(M,)``: times (h), DV, DVID (1/2), `mask`
+    (used by the likelihood), `blq`, `lloq` (on BLQ rows).
+    """
+
+    regimen: Regimen
+    time: jax.Array
+    dv: jax.Array
+    dvid: jax.Array
+    mask: jax.Array
+    blq: jax.Array
+    lloq: jax.Array
+
+
+@dataclass
+class PatientRecord:
+    """One patient: ID, covariates, doses and observations (see [`from_csv`][])."""
+
+    id: str
+    covariates: dict[str, float]
+    arrays: PatientArrays
+
+    @property
+    def regimen(self) -> Regimen:
+        return self.arrays.regimen
+
+    @property
+    def n_obs(self) -> int:
+        return int(np.sum(np.asarray(self.arrays.mask)))
+
+    @property
+    def last_time(self) -> float:
+        """The latest dose or observation time (h): 'now' for forecasts and sampling."""
+        reg = self.arrays.regimen
+        dosed = np.asarray(reg.amount) > 0
+        times = [np.asarray(self.arrays.time)[np.asarray(self.arrays.mask)]]
+        if dosed.any():
+            times.append(np.asarray(reg.time)[dosed])
+        return float(max((t.max() for t in times if t.size), default=0.0))
+
+    def dose_duration(self) -> float:
+        """The median infusion duration of the patient's doses (0 = bolus / none)."""
+        reg = self.arrays.regimen
+        dosed = np.asarray(reg.amount) > 0
+        return float(np.median(np.asarray(reg.duration)[dosed])) if dosed.any() else 0.0
+
+    def dose_interval(self) -> float | None:
+        """The median interval between the patient's doses (h), None with fewer than 2 doses."""
+        reg = self.arrays.regimen
+        t = np.sort(np.asarray(reg.time)[np.asarray(reg.amount) > 0])
+        return float(np.median(np.diff(t))) if t.size > 1 else None
+
+    def last_dose(self) -> float | None:
+        reg = self.arrays.regimen
+        dosed = np.asarray(reg.amount) > 0
+        if not dosed.any():
+            return None
+        i = np.argmax(np.where(dosed, np.asarray(reg.time), -np.inf))
+        return float(np.asarray(reg.amount)[i])
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_csv(cls, source, *, extra_obs: int = 0) -> PatientRecord:
+        """Read one patient's NONMEM-style records (a CSV path or a polars frame; the format of
+        `pkpd_jax.data.read_nonmem`). Raises [`TwinError`][] for several IDs or no observation.
+
+        `extra_obs`: empty (masked) observation slots to append, for adding samples later.
+        """
+        from ..data import Dataset, read_nonmem
+
+        frame = read_nonmem(source)
+        ids = frame["ID"].unique(maintain_order=True).to_list()
+        where = source if isinstance(source, (str, Path)) else "the patient table"
+        if len(ids) != 1:
+            shown = ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else "")
+            raise TwinError(
+                f"{where} holds {len(ids)} subjects (IDs {shown}); the twin takes one patient's "
+                "records: split the file by ID (or filter it) and pass one patient."
+            )
+        ds = Dataset.from_frame(frame)
+        mask = np.asarray(ds.obs_mask[0])
+        if not mask.any():
+            raise TwinError(
+                f"{where} has no observation rows (EVID 0, MDV 0) for patient {ids[0]}: the "
+                "individual posterior needs at least one concentration or biomarker value."
+            )
+        covs = {n: float(v) for n, v in zip(ds.covariate_names, np.asarray(ds.covariates[0]))}
+        reg = Regimen(
+            ds.regimen.time[0], ds.regimen.amount[0], ds.regimen.duration[0], ds.regimen.cmt[0]
+        )
+        rec = cls.from_arrays(
+            str(ids[0]),
+            covs,
+            reg,
+            np.asarray(ds.obs_time[0]),
+            np.asarray(ds.obs_dv[0]),
+            np.asarray(ds.obs_dvid[0]),
+            mask,
+            blq=np.asarray(ds.obs_blq[0]),
+            lloq=np.asarray(ds.obs_lloq[0]),
+        )
+        return rec.with_slots(extra_obs) if extra_obs else rec
+
+    @classmethod
+    def from_arrays(
+        cls,
+        pid,
+        covariates: Mapping[str, float],
+        regimen: Regimen,
+        time,
+        dv,
+        dvid,
+        mask=None,
+        *,
+        blq=None,
+        lloq=None,
+    ) -> PatientRecord:
+        """Build a record from arrays (simulation studies). BLQ rows without a known LLOQ use
+        their DV (the data convention writes DV = LLOQ there)."""
+        time = np.asarray(time, float).reshape(-1)
+        m = time.size
+        dv = np.asarray(dv, float).reshape(-1)
+        dvid = np.asarray(dvid, int).reshape(-1)
+        mask = np.ones(m, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
+        blq = np.zeros(m, bool) if blq is None else np.asarray(blq, bool).reshape(-1)
+        lloq = np.full(m, np.nan) if lloq is None else np.asarray(lloq, float).reshape(-1)
+        if not (dv.size == dvid.size == mask.size == blq.size == lloq.size == m):
+            raise TwinError("observation arrays (time, dv, dvid, mask, blq, lloq) must have one length.")
+        bad = mask & ~np.isin(dvid, (1, 2))
+        if bad.any():
+            raise TwinError(
+                f"unknown DVID {np.unique(dvid[bad]).tolist()}; use 1 (concentration) or 2 (biomarker)."
+            )
+        # concentrations at or before the first dose carry no information (the model predicts 0)
+        amount = np.asarray(regimen.amount, float)
+        t_first = float(np.min(np.where(amount > 0, np.asarray(regimen.time, float), np.inf)))
+        mask = mask & ~((dvid == 1) & (time <= t_first) & ~blq)
+        lloq = np.where(blq, np.where(np.isfinite(lloq) & (lloq > 0), lloq, dv), 0.0)
+        arrays = PatientArrays(
+            regimen,
+            jnp.asarray(time),
+            jnp.asarray(dv),
+            jnp.asarray(dvid),
+            jnp.asarray(mask),
+            jnp.asarray(blq & mask),
+            jnp.asarray(lloq),
+        )
+        return cls(str(pid), {k.upper(): float(v) for k, v in covariates.items()}, arrays)
+
+    def with_slots(self, n: int) -> PatientRecord:
+        """The same record with `n` more (masked) observation slots at the end."""
+        a = self.arrays
+        t_pad = jnp.full(n, a.time[-1] if a.time.size else 0.0)
+        pad = lambda x, v: jnp.concatenate([x, jnp.full(n, v, x.dtype)])  # noqa: E731
+        # free slots have DVID 0 (never used by the likelihood until filled)
+        arrays = PatientArrays(
+            a.regimen,
+            jnp.concatenate([a.time, t_pad]),
+            pad(a.dv, 0.0),
+            pad(a.dvid, 0),
+            pad(a.mask, False),
+            pad(a.blq, False),
+            pad(a.lloq, 0.0),
+        )
+        return PatientRecord(self.id, self.covariates, arrays)
+
+    def with_observation(self, time: float, dv: float, dvid: int = 1) -> PatientRecord:
+        """A copy with one more observation in the first free (masked) slot, or appended."""
+        free = np.flatnonzero(np.asarray(self.arrays.dvid) == 0)
+        rec = self if free.size else self.with_slots(1)
+        a = rec.arrays
+        j = int(np.flatnonzero(np.asarray(a.dvid) == 0)[0])
+        arrays = a._replace(
+            time=a.time.at[j].set(time),
+            dv=a.dv.at[j].set(dv),
+            dvid=a.dvid.at[j].set(dvid),
+            mask=a.mask.at[j].set(True),
+        )
+        return PatientRecord(rec.id, rec.covariates, arrays)
+
+
+def stack_patients(records) -> PatientArrays:
+    """Stack records of equal shapes ``(D,)``, ``(M,)`` into one batched `PatientArrays`."""
+    shapes = {(r.arrays.regimen.time.shape, r.arrays.time.shape) for r in records}
+    if len(shapes) != 1:
+        raise TwinError(
+            f"patients to batch need equal dose and observation counts; got {sorted(shapes)}."
+        )
+    return jax.tree.map(lambda *x: jnp.stack(x), *[r.arrays for r in records])
+
+
+# ============================================================================ the population
+@dataclass
+class TwinPopulation:
+    """What the twin needs from a population model: the structural model, covariate effects,
+    random effects and ``K`` population draws ``values {name: (K,)}`` (typical values,
+    covariate coefficients, ``omega_*``, ``sigma_{prop,add}_{PK,PD}``)."""
+
+    model: PKPDModel
+    effects: tuple
+    bsv_params: tuple[str, ...]
+    values: dict[str, np.ndarray]
+    dose_duration: float = 0.0
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.values = {k: np.asarray(v, float).reshape(-1) for k, v in self.values.items()}
+        need = (
+            list(self.model.param_names)
+            + [e.name for e in self.effects]
+            + [f"omega_{b}" for b in self.bsv_params]
+            + list(self.sigma_names)
+        )
+        missing = [n for n in need if n not in self.values]
+        if missing:
+            raise TwinError(f"population values miss {missing} (model {self.model.name}).")
+        sizes = {self.values[n].size for n in need}
+        if len(sizes) != 1:
+            raise TwinError(
+                f"every population value needs the same number of draws; got sizes {sorted(sizes)}."
+            )
+        if not self.bsv_params:
+            raise TwinError(
+                "the population model has no between-subject variability: nothing is individual."
+            )
+
+    @property
+    def types(self) -> tuple[int, ...]:
+        return (1,) if self.model.pd is None else (1, 2)
+
+    @property
+    def sigma_names(self) -> tuple[str, ...]:
+        return tuple(f"sigma_{kind}_{_TYPES[t]}" for t in self.types for kind in ("prop", "add"))
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.values[self.model.param_names[0]].size)
+
+    @property
+    def covariates_needed(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(e.covariate for e in self.effects))
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_posterior(cls, post, residual: Mapping[str, float] | None = None) -> TwinPopulation:
+        """From a `pkpd_jax.trials.virtual.Posterior` (its values must hold the ``sigma_*``, or pass
+        `residual` ``{sigma_name: value}`` for every draw)."""
+        vals = dict(post.values)
+        for k, v in (residual or {}).items():
+            vals[k] = np.full(post.n_draws, float(v))
+        return cls(
+            post.model,
+            tuple(post.effects),
+            tuple(post.bsv_params),
+            vals,
+            post.dose_duration,
+            post.source,
+            dict(post.meta),
+        )
+
+    @classmethod
+    def from_fit(cls, fit_dir, *, n_draws: int | None = 8, seed: int = 0) -> TwinPopulation:
+        """`n_draws` population draws of a fit directory (`pkpd-jax fit`), picked at random
+        (seeded); raises [`TwinError`][] for a PK-only fit."""
+        from ..trials.virtual import Posterior
+
+        try:
+            post = Posterior.from_fit(fit_dir, n_draws=n_draws, seed=seed)
+        except ValueError as e:
+            if "PK-only" in str(e):
+                raise TwinError(
+                    f"the fit in {fit_dir} is PK-only: the twin forecasts the biomarker and needs a "
+                    "PK/PD fit (pkpd-jax fit --pd ...)."
+                ) from None
+            raise
+        return cls.from_posterior(post)
+
+    @classmethod
+    def from_truth(cls, truth: Mapping | str | Path) -> TwinPopulation:
+        """One draw at the known truth of a simulated study (e.g. the bundled ``truth.json``)."""
+        from ..trials.virtual import Posterior
+
+        if not isinstance(truth, Mapping):
+            truth = json.loads(Path(truth).read_text())
+        post = Posterior.from_truth(truth, n_study=1000)
+        res = {k: v for k, v in truth.get("residual", {}).items() if k.startswith("sigma")}
+        return cls.from_posterior(post, res)
+
+    # ------------------------------------------------------------------ checks and arrays
+    def check_patient(self, patient: PatientRecord) -> None:
+        """Raise [`TwinError`][] when the patient lacks a covariate the model needs, has biomarker
+        values a PK-only model cannot use, or doses into a compartment the model lacks."""
+        missing = [c for c in self.covariates_needed if c not in patient.covariates]
+        if missing:
+            need = ", ".join(f"{e.name} ({e.covariate})" for e in self.effects if e.covariate in missing)
+            raise TwinError(
+                f"patient {patient.id} has no {', '.join(missing)} column, which the population "
+                f"model needs for its covariate effects {need}; add the column(s) to the patient file."
+            )
+        for c in self.covariates_needed:
+            x = patient.covariates[c]
+            kind = next(e.kind for e in self.effects if e.covariate == c)
+            if (
+                not math.isfinite(x)
+                or (kind == "power" and x <= 0)
+                or (kind == "factor" and x not in (0.0, 1.0))
+            ):
+                need = "> 0" if kind == "power" else "0 or 1"
+                raise TwinError(f"patient {patient.id}: covariate {c} must be {need}; got {x:g}.")
+        a = patient.arrays
+        dvid = np.asarray(a.dvid)[np.asarray(a.mask)]
+        if self.model.pd is None and np.any(dvid == 2):
+            raise TwinError(
+                f"the population model {self.model.name} has no PD model but patient {patient.id} "
+                "has biomarker values (DVID 2): use a PK/PD fit."
+            )
+        cmt = np.asarray(a.regimen.cmt)[np.asarray(a.regimen.amount) > 0]
+        if cmt.size and cmt.max() >= self.model.n_pk_states:
+            raise TwinError(
+                f"patient {patient.id} doses into compartment {int(cmt.max()) + 1} but the model "
+                f"{self.model.name} has {self.model.n_pk_states} PK compartments: a fit of another model?"
+            )
+        if not np.any(np.asarray(a.regimen.amount) > 0):
+            raise TwinError(f"patient {patient.id} has no dose (EVID 1, AMT > 0).")
+
+    def arrays(self, covariates: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(u_typ (K, P), omega (K, B), sigma (K, 2·types))`` for a patient's covariates."""
+        model, vals = self.model, self.values
+        names = model.param_names
+        u = np.stack(
+            [np.asarray(p.to_unconstrained(jnp.asarray(vals[p.name]))) for p in model.params], -1
+        )
+        for e in self.effects:
+            x = float(e.design(np.asarray([covariates[e.covariate]], float))[0])
+            coef = vals[e.name] if e.kind == "power" else np.log(vals[e.name])
+            for q in e.params:
+                u[:, names.index(q)] += coef * x
+        omega = np.stack([vals[f"omega_{b}"] for b in self.bsv_params], -1)
+        sigma = np.stack([vals[s] for s in self.sigma_names], -1)
+        return u, omega, sigma
+
+    @property
+    def bsv_index(self) -> np.ndarray:
+        return np.array([self.model.param_names.index(b) for b in self.bsv_params], int)
+
+    def theta(self, u_typ, omega, eta):
+        """Natural-unit parameters for unconstrained typical values, ω and η (any batch axes)."""
+        oe = jnp.asarray(omega) * jnp.asarray(eta)
+        u = jnp.asarray(u_typ)
+        u = jnp.broadcast_to(u, jnp.broadcast_shapes(u.shape[:-1], oe.shape[:-1]) + u.shape[-1:])
+        u = u.at[..., self.bsv_index].add(oe)
+        return jnp.stack([p.to_natural(u[..., k]) for k, p in enumerate(self.model.params)], -1)
+
+
+# ============================================================================ densities
+def predictions(model: PKPDModel, theta, data: PatientArrays, config: SolverConfig = TWIN_CONFIG):
+    """Predicted values ``(M,)`` at the observation rows (concentration or biomarker by DVID)."""
+    sol = simulate(model, theta, data.regimen, data.time, config=config)
+    return jnp.where(data.dvid == 2, sol.resp, sol.conc), sol.status
+
+
+def _obs_nll(f, data: PatientArrays, sigma):
+    """Per-observation negative log-likelihood ``(M,)`` given predictions `f`."""
+    s = sigma.reshape(-1, 2)
+    typ = jnp.clip(data.dvid - 1, 0, s.shape[0] - 1)
+    sp, sa = s[typ, 0], s[typ, 1]
+    sd = jnp.sqrt((sp * f) ** 2 + sa**2)
+    gauss = 0.5 * jnp.log(2 * jnp.pi) + jnp.log(sd) + 0.5 * ((data.dv - f) / sd) ** 2
+    nll = jnp.where(data.blq, -log_ndtr((data.lloq - f) / sd), gauss)
+    use = data.mask & (data.dvid <= s.shape[0])
+    return jnp.where(use, nll, 0.0)
+
+
+def _fisher_weight(f, data: PatientArrays, sigma):
+    """Expected information of each observation about its prediction: ``1/v + 2σ_p⁴f²/v²``."""
+    s = sigma.reshape(-1, 2)
+    typ = jnp.clip(data.dvid - 1, 0, s.shape[0] - 1)
+    sp, sa = s[typ, 0], s[typ, 1]
+    v = (sp * f) ** 2 + sa**2
+    return 1.0 / v + 2.0 * sp**4 * f**2 / v**2
+
+
+def neg_log_posterior(
+    pop: TwinPopulation,
+    eta,
+    u_typ,
+    omega,
+    sigma,
+    data: PatientArrays,
+    config: SolverConfig = TWIN_CONFIG,
+):
+    """``L(η) = −log p(y | η) + ½‖η‖²`` for one population draw (``+inf`` if the solve fails)."""
+    f, status = predictions(pop.model, pop.theta(u_typ, omega, eta), data, config)
+    val = jnp.sum(_obs_nll(f, data, sigma)) + 0.5 * jnp.sum(eta**2)
+    return jnp.where((status == 0) & jnp.isfinite(val), val, jnp.inf)
+
+
+def _lm_pieces(pop, config):
+    """Jitted, vmapped (patients × draws) evaluation ``(L, ∇L, Fisher matrix, ok)`` and the exact
+    Hessian (compiled on first use: forward over forward mode compiles slowly)."""
+
+    def fj(eta, u, om, data):
+        f, status = predictions(pop.model, pop.theta(u, om, eta), data, config)
+        return f, (f, status)
+
+    def evaluate(eta, u, om, sg, data):
+        J, (f, status) = jax.jacfwd(fj, has_aux=True)(eta, u, om, data)
+        nll = lambda ff: jnp.sum(_obs_nll(ff, data, sg))  # noqa: E731
+        val = nll(f) + 0.5 * jnp.sum(eta**2)
+        g = J.T @ jax.grad(nll)(f) + eta
+        use = (data.mask & (data.dvid >= 1) & (data.dvid <= sg.size // 2)).astype(f.dtype)
+        A = J.T @ ((use * _fisher_weight(f, data, sg))[:, None] * J) + jnp.eye(eta.size, dtype=f.dtype)
+        ok = (status == 0) & jnp.isfinite(val) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(A))
+        return jnp.where(ok, val, jnp.inf), g, A, ok
+
+    def hessian(eta, u, om, sg, data):
+        return jax.jacfwd(jax.jacfwd(lambda e: neg_log_posterior(pop, e, u, om, sg, data, config)))(eta)
+
+    # inner vmap over draws (data shared), outer over patients
+    def vv(fn):
+        inner = jax.vmap(fn, in_axes=(0, 0, 0, 0, None))
+        return jax.jit(jax.vmap(inner, in_axes=(0, 0, 0, 0, 0)))
+
+    return vv(evaluate), vv(hessian)
+
+
+_PIECES: dict = {}
+
+
+def _pieces(pop: TwinPopulation, config: SolverConfig):
+    key = (
+        pop.model.name,
+        tuple(pop.bsv_params),
+        pop.types,
+        config.rtol,
+        config.atol,
+        config.max_steps,
+        type(config.solver).__name__,
+        config.method,
+    )
+    if key not in _PIECES:
+        _PIECES[key] = _lm_pieces(pop, config)
+    return _PIECES[key]
+
+
+def fd_hessian(evaluate, eta, args, *, step: float = 1e-4) -> np.ndarray:
+    """Central differences of the forward-mode gradient: ``H[..., :, i] = (∇L(η + h·e_i) −
+    ∇L(η − h·e_i)) / 2h``, symmetrised (``2B`` calls of the compiled evaluation)."""
+    b = eta.shape[-1]
+    cols = []
+    for i in range(b):
+        e = jnp.zeros(b).at[i].set(step)
+        gp = np.asarray(evaluate(eta + e, *args)[1])
+        gm = np.asarray(evaluate(eta - e, *args)[1])
+        cols.append((gp - gm) / (2 * step))
+    H = np.stack(cols, -1)
+    return 0.5 * (H + np.swapaxes(H, -1, -2))
+
+
+# ============================================================================ the posterior
+@dataclass
+class TwinPosterior:
+    """A patient's posterior: per population draw ``k`` the MAP ``eta[k]`` and the Laplace
+    covariance ``cov[k]`` of η, mixed with weights ``weights[k]`` (see the module docstring)."""
+
+    population: TwinPopulation
+    patient: PatientRecord
+    u_typ: np.ndarray  # (K, P)
+    omega: np.ndarray  # (K, B)
+    sigma: np.ndarray  # (K, S)
+    eta: np.ndarray  # (K, B)
+    cov: np.ndarray  # (K, B, B)
+    log_evidence: np.ndarray  # (K,)
+    converged: np.ndarray  # (K,)
+    hessian_kind: np.ndarray  # (K,) "exact" or "fisher"
+
+    @property
+    def weights(self) -> np.ndarray:
+        le = np.where(np.isfinite(self.log_evidence), self.log_evidence, -np.inf)
+        w = np.exp(le - np.max(le))
+        return w / w.sum()
+
+    @property
+    def map_theta(self) -> np.ndarray:
+        """Individual parameters ``(P,)`` at the MAP of the heaviest draw."""
+        k = int(np.argmax(self.weights))
+        return np.asarray(self.population.theta(self.u_typ[k], self.omega[k], self.eta[k]))
+
+    def log_param_moments(self, name: str) -> tuple[float, float]:
+        """Posterior mean and SD of ``g(θ_name)`` (log for positive parameters): the mixture's
+        moments of the Laplace components (exact for a Gaussian mixture)."""
+        names = self.population.model.param_names
+        if name not in names:
+            raise TwinError(f"unknown parameter {name!r}; the model has {', '.join(names)}.")
+        j = names.index(name)
+        w = self.weights
+        if name in self.population.bsv_params:
+            b = self.population.bsv_params.index(name)
+            means = self.u_typ[:, j] + self.omega[:, b] * self.eta[:, b]
+            var = self.omega[:, b] ** 2 * self.cov[:, b, b]
+        else:
+            means, var = self.u_typ[:, j], np.zeros(len(w))
+        m = float(np.sum(w * means))
+        return m, float(np.sqrt(np.sum(w * (var + (means - m) ** 2))))
+
+    def sample_eta(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``n`` draws ``(component (n,), η (n, B))`` from the mixture (seeded)."""
+        rng = np.random.default_rng(seed)
+        comp = rng.choice(len(self.weights), size=n, p=self.weights)
+        z = rng.standard_normal((n, self.eta.shape[1]))
+        L = np.linalg.cholesky(self.cov)
+        eta = self.eta[comp] + np.einsum("nij,nj->ni", L[comp], z)
+        return comp, eta
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` individual parameter vectors ``(n, P)`` (natural units) from the posterior."""
+        comp, eta = self.sample_eta(n, seed)
+        return np.asarray(self.population.theta(self.u_typ[comp], self.omega[comp], eta))
+
+    def summary(self, level: float = 0.9, n: int = 4000, seed: int = 0) -> dict:
+        """Per parameter: MAP (heaviest draw), posterior median and the central `level` interval
+        (from `n` mixture draws), and the posterior SD of the log parameter (about its CV; logit
+        for fractions), key ``"cv"``."""
+        th = self.sample(n, seed)
+        lo, hi = (1 - level) / 2, (1 + level) / 2
+        out = {}
+        for j, name in enumerate(self.population.model.param_names):
+            _, sd = self.log_param_moments(name)
+            out[name] = {
+                "map": float(self.map_theta[j]),
+                "median": float(np.median(th[:, j])),
+                "interval": [float(np.quantile(th[:, j], lo)), float(np.quantile(th[:, j], hi))],
+                "cv": sd,
+                "individual": name in self.population.bsv_params,
+            }
+        return out
+
+
+def individual_posteriors(
+    pop: TwinPopulation,
+    patients,
+    *,
+    config: SolverConfig = TWIN_CONFIG,
+    max_iter: int = 60,
+    tol: float = 1e-6,
+    eta0=None,
+    hessian: str = "fd",
+) -> list[TwinPosterior]:
+    """MAP + Laplace for several patients at once (equal array shapes; see [`stack_patients`][]),
+    every population draw of `pop`. Returns one [`TwinPosterior`][] per patient.
+
+    `eta0`: optional starting points ``(patients, K, B)`` (e.g. the previous posterior's MAP when
+    one observation was added); default 0 (the typical patient).
+
+    `hessian`: the Laplace curvature: ``"fd"`` (default; central differences of the exact
+    forward-mode gradient, 2B gradient calls of the already compiled evaluation), ``"exact"``
+    (forward over forward mode; exact but slow to compile for ODE models) or ``"fisher"`` (the
+    expected information ``JᵀWJ + I``). A curvature that is not positive definite falls back to
+    the Fisher matrix (`TwinPosterior.hessian_kind` says which was used).
+    """
+    if hessian not in ("fd", "exact", "fisher"):
+        raise ValueError(f"`hessian` must be 'fd', 'exact' or 'fisher'; got {hessian!r}.")
+    patients = list(patients)
+    for p in patients:
+        pop.check_patient(p)
+    data = stack_patients(patients)
+    arrs = [pop.arrays(p.covariates) for p in patients]
+    u = jnp.asarray(np.stack([a[0] for a in arrs]))
+    om = jnp.asarray(np.stack([a[1] for a in arrs]))
+    sg = jnp.asarray(np.stack([a[2] for a in arrs]))
+    n, k, b = om.shape
+    evaluate, exact_hessian = _pieces(pop, config)
+    args = (u, om, sg, data)
+    eta = jnp.zeros((n, k, b)) if eta0 is None else jnp.asarray(eta0, float).reshape(n, k, b)
+    val, g, A, ok = evaluate(eta, *args)
+    if eta0 is not None and not bool(jnp.all(ok)):
+        eta = jnp.where(ok[..., None], eta, 0.0)
+        val, g, A, ok = evaluate(eta, *args)
+    if not bool(jnp.all(ok)):
+        bad = [patients[i].id for i in np.flatnonzero(~np.all(np.asarray(ok), axis=1))]
+        raise TwinError(
+            f"the simulation fails at the typical parameters for patient(s) {bad[:5]}; "
+            "check the doses and units."
+        )
+    lam = jnp.full((n, k), 1e-3)
+    done = np.zeros((n, k), bool)
+    eye = jnp.eye(b)
+    for _ in range(max_iter):
+        done = done | (np.asarray(jnp.max(jnp.abs(g), axis=-1)) < tol)
+        if done.all():
+            break
+        M = A + lam[..., None, None] * (A * eye + eye)
+        cand = eta - jnp.linalg.solve(M, g[..., None])[..., 0]
+        v2, g2, A2, ok2 = evaluate(cand, *args)
+        better = ok2 & (v2 <= val) & jnp.asarray(~done)
+        # a step that no longer changes the value: converged to round-off
+        tiny = np.asarray(better & (jnp.abs(v2 - val) < 1e-13 * (1 + jnp.abs(val))))
+        eta = jnp.where(better[..., None], cand, eta)
+        val = jnp.where(better, v2, val)
+        g = jnp.where(better[..., None], g2, g)
+        A = jnp.where(better[..., None, None], A2, A)
+        lam = jnp.where(better, jnp.maximum(lam / 3, 1e-9), lam * 4)
+        done = done | tiny | (np.asarray(lam) > 1e8)
+    if hessian == "exact":
+        Hn = np.asarray(exact_hessian(eta, *args))
+        Hn = 0.5 * (Hn + np.swapaxes(Hn, -1, -2))
+    elif hessian == "fd":
+        Hn = fd_hessian(evaluate, eta, args)
+    else:
+        Hn = np.full(A.shape, np.nan)
+    An = np.asarray(A)
+    eig = np.linalg.eigvalsh(np.where(np.isfinite(Hn), Hn, 0.0))
+    exact = np.all(np.isfinite(Hn), axis=(-1, -2)) & (eig[..., 0] > 1e-8)
+    Huse = np.where(exact[..., None, None], Hn, An)
+    cov = np.linalg.inv(Huse)
+    cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+    logdet = np.linalg.slogdet(Huse)[1]
+    log_ev = -np.asarray(val) - 0.5 * logdet
+    conv = np.asarray(jnp.max(jnp.abs(g), axis=-1)) < max(tol, 1e-4)
+    eta_n = np.asarray(eta)
+    return [
+        TwinPosterior(
+            pop,
+            p,
+            np.asarray(u[i]),
+            np.asarray(om[i]),
+            np.asarray(sg[i]),
+            eta_n[i],
+            cov[i],
+            log_ev[i],
+            conv[i],
+            np.where(exact[i], hessian, "fisher"),
+        )
+        for i, p in enumerate(patients)
+    ]
+
+
+def individual_posterior(pop: TwinPopulation, patient: PatientRecord, **kw) -> TwinPosterior:
+    """MAP + Laplace of one patient under every population draw of `pop` (see the module doc)."""
+    return individual_posteriors(pop, [patient], **kw)[0]
+
+
+# ============================================================================ NUTS check
+def hmc_check(
+    post: TwinPosterior,
+    *,
+    component: int | None = None,
+    num_warmup: int = 300,
+    num_samples: int = 500,
+    seed: int = 0,
+    config: SolverConfig = TWIN_CONFIG,
+) -> dict:
+    """Sample η of one population draw (default: the heaviest) with NUTS (blackjax window
+    adaptation) and compare with its Laplace approximation: returns the NUTS mean and covariance
+    of η and of log CL-like individual parameters, and the Laplace ones."""
+    import blackjax
+
+    pop = post.population
+    k = int(np.argmax(post.weights)) if component is None else int(component)
+    u, om, sg = (jnp.asarray(x[k]) for x in (post.u_typ, post.omega, post.sigma))
+    data = post.patient.arrays
+    grad_cfg = SolverConfig(rtol=config.rtol, atol=config.atol)  # reverse mode for jax.grad
+
+    def logdensity(eta):
+        val = neg_log_posterior(pop, eta, u, om, sg, data, grad_cfg)
+        return -jnp.where(jnp.isfinite(val), val, 1e30)
+
+    key_w, key_s = jax.random.split(jax.random.key(seed))
+    warm = blackjax.window_adaptation(blackjax.nuts, logdensity)
+    (state, params), _ = warm.run(key_w, jnp.asarray(post.eta[k]), num_steps=num_warmup)
+    kernel = jax.jit(blackjax.nuts(logdensity, **params).step)
+
+    def body(st, key):
+        st, info = kernel(key, st)
+        return st, (st.position, info.is_divergent)
+
+    _, (draws, div) = jax.lax.scan(body, state, jax.random.split(key_s, num_samples))
+    draws = np.asarray(draws)
+    return {
+        "component": k,
+        "nuts_mean": draws.mean(0),
+        "nuts_cov": np.cov(draws.T),
+        "laplace_mean": post.eta[k],
+        "laplace_cov": post.cov[k],
+        "divergences": int(np.sum(div)),
+        "draws": draws,
+    }

@@ -1,0 +1,154 @@
+"""QHMC with a low-rank-modified mass centre (``metric="low_rank"``): the metric algebra, the
+random mass draw, invariance of the kernel, and the warm-up on a target with a few strongly
+correlated directions (where a diagonal mass cannot help)."""
+
+from __future__ import annotations
+
+import jax
+
+
+jax.config.update("jax_enable_x64", True)
+
+import functools  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from blackjax.adaptation.window_adaptation import build_schedule  # noqa: E402
+from blackjax.mcmc.metrics import LowRankInverseMassMatrix  # noqa: E402
+
+from pkpd_jax.inference import ess, qhmc, sample, samplers  # noqa: E402
+
+
+def _random_low_rank(d=7, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    sigma = np.exp(rng.uniform(-1, 1, d))
+    U, _ = np.linalg.qr(rng.standard_normal((d, k)))
+    lam = np.array([9.0, 0.2, 1.0])[:k]
+    dense = np.diag(sigma) @ (np.eye(d) + U @ np.diag(lam - 1) @ U.T) @ np.diag(sigma)
+    return LowRankInverseMassMatrix(jnp.asarray(sigma), jnp.asarray(U), jnp.asarray(lam)), dense
+
+
+def test_metric_algebra_matches_the_dense_matrix():
+    metric, dense = _random_low_rank()
+    v = np.random.default_rng(1).standard_normal((5, 7))
+    np.testing.assert_allclose(samplers._inv_mass_times(metric, jnp.asarray(v)), v @ dense, rtol=1e-12)
+    np.testing.assert_allclose(
+        samplers._mass_times(metric, jnp.asarray(v)), v @ np.linalg.inv(dense), rtol=1e-10
+    )
+    np.testing.assert_allclose(samplers._metric_diagonal(metric), np.diag(dense), rtol=1e-12)
+    diag = jnp.asarray(np.diag(dense))  # the diagonal case is plain elementwise arithmetic
+    np.testing.assert_allclose(samplers._inv_mass_times(diag, jnp.asarray(v)), v * np.diag(dense))
+
+
+def test_low_rank_mass_draw_scales_the_diagonal_part():
+    metric, dense = _random_low_rank()
+    same, log_mass = qhmc.draw_inverse_mass(jax.random.PRNGKey(0), metric, 0.0)
+    assert isinstance(same, LowRankInverseMassMatrix)
+    np.testing.assert_array_equal(same.sigma, metric.sigma)
+    np.testing.assert_allclose(log_mass, -2 * np.log(np.asarray(metric.sigma)))
+    drawn, log_mass = qhmc.draw_inverse_mass(jax.random.PRNGKey(1), metric, 0.5, xi_clip=2.0)
+    scale = np.asarray(drawn.sigma / metric.sigma)  # e^{-s xi / 2}, |xi| <= 2
+    assert np.all((scale >= np.exp(-0.5)) & (scale <= np.exp(0.5))) and np.ptp(scale) > 0
+    np.testing.assert_allclose(log_mass, -2 * np.log(np.asarray(drawn.sigma)), rtol=1e-12)
+    np.testing.assert_array_equal(drawn.U, metric.U)  # the correction's directions are kept
+    with pytest.raises(ValueError, match="raveled position"):
+        kernel = qhmc.build_kernel()
+        state = qhmc.init(jnp.zeros(3), lambda x: -0.5 * x @ x)
+        kernel(jax.random.PRNGKey(0), state, lambda x: -0.5 * x @ x, 0.1, metric, 0.5, 3)
+
+
+# A 4-D correlated Gaussian, as in test_samplers (scales 0.5-10, correlation 0.9).
+MU = np.array([1.0, -2.0, 0.5, 3.0])
+SD = np.array([1.0, 2.0, 0.5, 10.0])
+CORR = np.eye(4)
+CORR[0, 1] = CORR[1, 0] = 0.9
+COV = CORR * np.outer(SD, SD)
+
+
+def test_qhmc_kernel_with_low_rank_centre_leaves_target_invariant():
+    """Exact N(MU, COV) draws stay exact after QHMC transitions with a random low-rank mass
+    (any position-independent metric distribution keeps the kernel exact)."""
+    n = 4000
+    prec = jnp.asarray(np.linalg.inv(COV))
+    logdensity = lambda x: -0.5 * (x - MU) @ prec @ (x - MU)  # noqa: E731
+    rng = np.random.default_rng(3)
+    U, _ = np.linalg.qr(rng.standard_normal((4, 2)))
+    metric = LowRankInverseMassMatrix(jnp.asarray(SD * 0.7), jnp.asarray(U), jnp.asarray([4.0, 0.3]))
+    kernel = qhmc.build_kernel(xi_clip=2.0)
+
+    @jax.jit
+    @jax.vmap
+    def run(key, x):
+        state = qhmc.init(x, logdensity)
+        accs = []
+        for k in jax.random.split(key, 3):
+            state, info = kernel(k, state, logdensity, 0.35, metric, 1.0, 5)
+            accs.append(info.acceptance_rate)
+        return state.position, jnp.mean(jnp.stack(accs))
+
+    x0 = rng.multivariate_normal(MU, COV, size=n)
+    x, acc = run(jax.random.split(jax.random.PRNGKey(5), n), jnp.asarray(x0))
+    x = np.asarray(x)
+    assert 0.2 < float(acc.mean()) < 0.995 and np.mean(np.abs(x - x0) > 1e-12) > 0.5
+    assert np.all(np.abs(x.mean(axis=0) - MU) < 4 * SD / np.sqrt(n))
+    np.testing.assert_allclose(x.var(axis=0) / SD**2, 1.0, atol=4 * np.sqrt(2 / n))
+    assert abs(np.corrcoef(x[:, 0], x[:, 1])[0, 1] - 0.9) < 0.02
+
+
+def test_longest_slow_window():
+    schedule = np.asarray(build_schedule(1000))
+    ends = np.flatnonzero(schedule[:, 1])
+    assert samplers._longest_slow_window(schedule) == int(np.max(np.diff(ends))) == 500
+    assert samplers._longest_slow_window(np.zeros((0, 2), int)) == 0
+
+
+# A 40-D Gaussian whose correlation is three strong common factors plus 10% idiosyncratic
+# variance, on scales from e^-2 to e^2: the whitened covariance (diagonal metric) has three
+# eigenvalues far above 1 and many well below, the situation of a hierarchical posterior.
+D = 40
+_rng = np.random.default_rng(0)
+_F, _ = np.linalg.qr(_rng.standard_normal((D, 3)))
+_R = 0.1 * np.eye(D) + _F @ np.diag([12.0, 6.0, 3.0]) @ _F.T
+_R = _R / np.sqrt(np.outer(np.diag(_R), np.diag(_R)))
+FSD = np.exp(_rng.uniform(-2, 2, D))
+FCOV = _R * np.outer(FSD, FSD)
+FMU = _rng.standard_normal(D)
+_FPREC = jnp.asarray(np.linalg.inv(FCOV))
+
+
+def factor_logdensity(x):
+    d = x - FMU
+    return -0.5 * d @ _FPREC @ d
+
+
+@functools.cache
+def _factor_run(metric: str):
+    x0 = FMU + 0.1 * np.random.default_rng(1).standard_normal((4, D))
+    return sample(factor_logdensity, x0, num_warmup=500, num_samples=1000, seed=3, progress=False,
+                  metric=metric, max_rank=8)
+
+
+def test_low_rank_warmup_recovers_moments_with_fewer_gradients():
+    lr, dg = _factor_run("low_rank"), _factor_run("diag")
+    for r in (lr, dg):
+        assert r.divergent.sum() == 0
+        z = (r.draws - FMU) / FSD
+        n_eff = ess(r.draws)
+        assert np.all(np.abs(z.mean(axis=(0, 1))) < 4 / np.sqrt(n_eff)), z.mean(axis=(0, 1))
+        sq = z**2
+        assert np.all(np.abs(sq.mean(axis=(0, 1)) - 1) < 4 * np.sqrt(2 / ess(sq)))
+    # the reported diagonal of the low-rank metric approximates the marginal variances
+    ratio = lr.inverse_mass_matrix[0] / FSD**2
+    assert np.all((ratio > 0.6) & (ratio < 1.6)), ratio
+    # and the path is much shorter at a larger step: fewer gradients per effective sample
+    assert lr.num_integration_steps.mean() < 0.7 * dg.num_integration_steps.mean()
+    per_grad = [np.min(ess(r.draws)) / r.num_integration_steps.sum() for r in (lr, dg)]
+    assert per_grad[0] > 1.5 * per_grad[1], per_grad
+
+
+def test_low_rank_options_are_checked():
+    with pytest.raises(ValueError, match="metric"):
+        samplers.QHMCOptions(metric="dense")
+    with pytest.raises(ValueError, match="max_rank"):
+        samplers.QHMCOptions(max_rank=0)
