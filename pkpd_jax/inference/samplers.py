@@ -606,8 +606,9 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
         w = jnp.where(slow, 1.0, 0.0).astype(dtype)
         if opts.metric == "low_rank":  # append the chains' positions and gradients
             row = jnp.minimum(c.count, c.buf_x.shape[0] - num_chains).astype(jnp.int32)
+            at = (row, jnp.zeros((), jnp.int32))
             put = lambda buf, v: jnp.where(  # noqa: E731
-                slow, jax.lax.dynamic_update_slice(buf, v.astype(dtype), (row, jnp.zeros((), jnp.int32))), buf)
+                slow, jax.lax.dynamic_update_slice(buf, v.astype(dtype), at), buf)
             c = c._replace(buf_x=put(c.buf_x, x), buf_g=put(c.buf_g, states.logdensity_grad))
         c = c._replace(
             states=states,
