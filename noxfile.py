@@ -31,6 +31,7 @@ def studies(session: nox.Session) -> None:
     """Validation studies: the example-study fit recovers the truth; QHMC agrees with NUTS."""
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "slow", "tests/test_study_example_fit.py", *session.posargs)
+    session.run("python", "experiments/twin_study.py", "results/twin_study", "--quick")
 
 
 @nox.session
