@@ -237,6 +237,7 @@ def test_gradient_wrt_drug_parameters_matches_finite_differences():
     assert float(jax.grad(lambda th: clearance_analytic(th))(theta)[names.index("CLint")]) > 0
 
 
+@pytest.mark.slow  # ~30 s of compilation; CI time budget
 def test_population_vmaps_over_physiologies():
     bws = [50.0, 60.0, 73.0, 90.0, 110.0]
     theta = jnp.stack([_theta(NEUTRAL, "human", bw) for bw in bws])
