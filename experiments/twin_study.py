@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pkpd_jax.data.example import individual_parameters
+
 
 TARGETS = (0.20, 0.15, 0.10)
 MAIN_TARGET = 0.15
@@ -41,23 +43,12 @@ PROBABILITIES = (0.5, 0.75, 0.9)
 THRESHOLD = 3.3
 
 
-def _patients(truth: dict, n: int, rng) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Covariates and true individual parameters ``(n, P)`` drawn from the truth."""
-    pop, cov, om = truth["population"], truth["covariates"], truth["omega"]
+def _patients(truth: dict, n: int, rng) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Covariates and true individual parameters drawn from the truth (the example study's
+    generator; body weight uniform on 50-100 kg)."""
     bw = rng.uniform(50.0, 100.0, n)
-    comed = (rng.uniform(size=n) < cov["COMED_probability"]).astype(float)
-    wr = bw / cov["reference_BW"]
-    eta = {k: rng.normal(0.0, om[f"omega_{k}"], n) for k in pop}
-    ind = {
-        "CL": pop["CL"] * wr ** cov["BW_CL"] * cov["COMED_CL"] ** comed * np.exp(eta["CL"]),
-        "V1": pop["V1"] * wr ** cov["BW_V"] * np.exp(eta["V1"]),
-        "Q": pop["Q"] * wr ** cov["BW_CL"] * np.exp(eta["Q"]),
-        "V2": pop["V2"] * wr ** cov["BW_V"] * np.exp(eta["V2"]),
-        "R0": pop["R0"] * np.exp(eta["R0"]),
-        "kout": pop["kout"] * np.exp(eta["kout"]),
-        "IC50": pop["IC50"] * np.exp(eta["IC50"]),
-    }
-    return bw, comed, ind
+    comed = (rng.uniform(size=n) < truth["covariates"]["COMED_probability"]).astype(float)
+    return bw, comed, individual_parameters(rng, bw, comed, truth)
 
 
 def _noisy(f, sp, sa, rng):

@@ -39,7 +39,10 @@ from ..models import get_model
 from ..simulate import SolverConfig, simulate_population
 
 
-__all__ = ["EXAMPLE_SEED", "TRUTH", "generate_example_study", "example_paths", "load_example"]
+__all__ = [
+    "EXAMPLE_SEED", "TRUTH", "generate_example_study", "example_paths", "load_example",
+    "individual_parameters",
+]
 
 EXAMPLE_SEED = 20261125
 PK_MODEL, PD_MODEL = "pk_2c_iv_infusion", "pd_indirect_inhib_kin"
@@ -120,8 +123,11 @@ def _jitter(rng, times, frac=0.05):
     return np.where(times == 0, 0.0, np.where(offset > 0, post, trough))
 
 
-def _individual_parameters(rng, bw, comed) -> dict[str, np.ndarray]:
-    pop, cov, om = TRUTH["population"], TRUTH["covariates"], TRUTH["omega"]
+def individual_parameters(rng, bw, comed, truth: dict | None = None) -> dict[str, np.ndarray]:
+    """True individual parameters of subjects with body weights `bw` and co-medication `comed`
+    under `truth` (default [`TRUTH`][]): covariate model times log-normal variability."""
+    truth = TRUTH if truth is None else truth
+    pop, cov, om = truth["population"], truth["covariates"], truth["omega"]
     n = bw.size
     eta = {k: rng.normal(0.0, om[f"omega_{k}"], n) for k in pop}
     wr = bw / cov["reference_BW"]
@@ -150,7 +156,7 @@ def _generate(seed: int) -> tuple[pl.DataFrame, dict]:
     dose = np.repeat(des["cohorts_mg"], des["subjects_per_cohort"])
     bw = np.round(rng.uniform(50.0, 100.0, n), 1)
     comed = (rng.uniform(size=n) < TRUTH["covariates"]["COMED_probability"]).astype(float)
-    ind = _individual_parameters(rng, bw, comed)
+    ind = individual_parameters(rng, bw, comed)
 
     model = get_model(PK_MODEL, PD_MODEL)
     theta = model.pack({k: jnp.asarray(v) for k, v in ind.items()})
