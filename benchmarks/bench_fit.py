@@ -59,6 +59,22 @@ def _truth_values(truth: dict) -> dict[str, float]:
     return vals
 
 
+def _metric_text(info) -> str:
+    if not info.get("metric"):
+        return ""
+    rank = f", rank {info['max_rank']}" if info.get("max_rank") else ""
+    return f" (metric {info['metric']}{rank})"
+
+
+def _sampler_options(args) -> dict | None:
+    opts = {}
+    if args.target_accept:
+        opts["target_acceptance_rate"] = args.target_accept
+    if args.sampler == "qhmc" and args.metric != "diag":
+        opts.update(metric=args.metric, max_rank=args.max_rank)
+    return opts or None
+
+
 def one_fit(args, chain_devices, truth) -> dict:
     from pkpd_jax.data.example import example_paths
     from pkpd_jax.inference.fit import fit
@@ -76,7 +92,7 @@ def one_fit(args, chain_devices, truth) -> dict:
         progress=False,
         plots=False,
         chain_devices=chain_devices,
-        sampler_options={"target_acceptance_rate": args.target_accept} if args.target_accept else None,
+        sampler_options=_sampler_options(args),
         log=lambda m: log(f"  {m}"),
     )
     wall = time.perf_counter() - t0
@@ -133,7 +149,8 @@ def markdown(info: dict, runs: list[dict]) -> str:
         f"{info['devices']} JAX devices · load average {info['loadavg_start'][0]:.2f} at start",
         "",
         f"Command: `{info['command']}`. Model {info['model']}, {info['chains']} chains, "
-        f"{info['warmup']} warm-up + {info['samples']} draws per chain, sampler {info['sampler']}, "
+        f"{info['warmup']} warm-up + {info['samples']} draws per chain, sampler {info['sampler']}"
+        f"{_metric_text(info)}, "
         "seed {}; wall time includes compilation ({}), starting points (MAP + curvature) and "
         "diagnostics (plots off). Target: <= 600 s on 2 CPU cores.".format(
             info["seed"], "persistent cache " + ("on" if info["compilation_cache"] else "off")),
@@ -173,6 +190,9 @@ def main(argv=None) -> None:
                     help="device counts to compare ('auto' = as the command line)")
     ap.add_argument("--target-accept", type=float, default=None,
                     help="the sampler's target acceptance rate (default: its own, 0.8)")
+    ap.add_argument("--metric", default="diag", choices=["diag", "low_rank"],
+                    help="QHMC mass centre (see QHMCOptions.metric)")
+    ap.add_argument("--max-rank", type=int, default=64, help="rank of the low-rank metric")
     ap.add_argument("--cache", default=None,
                     help="persistent compilation cache directory (as the command line keeps one); "
                     "default: none, i.e. every program is compiled (a cold start)")
@@ -208,6 +228,8 @@ def main(argv=None) -> None:
         "warmup": args.warmup,
         "samples": args.samples,
         "sampler": args.sampler,
+        "metric": args.metric if args.sampler == "qhmc" else None,
+        "max_rank": args.max_rank if args.metric == "low_rank" else None,
         "seed": args.seed,
         "compilation_cache": args.cache,
     }
@@ -215,6 +237,7 @@ def main(argv=None) -> None:
     for cd in args.chain_devices:
         runs.append(one_fit(args, None if cd == "auto" else int(cd), truth))
     stem = ("fit_quick" if args.quick else "fit") + ("_cached" if args.cache else "")
+    stem += "_low_rank" if args.sampler == "qhmc" and args.metric == "low_rank" else ""
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{stem}.json").write_text(json.dumps({"info": info, "runs": runs}, indent=2) + "\n")
     md = markdown(info, runs)

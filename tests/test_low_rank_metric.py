@@ -10,6 +10,11 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import functools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -18,6 +23,9 @@ from blackjax.adaptation.window_adaptation import build_schedule  # noqa: E402
 from blackjax.mcmc.metrics import LowRankInverseMassMatrix  # noqa: E402
 
 from pkpd_jax.inference import ess, qhmc, sample, samplers  # noqa: E402
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _random_low_rank(d=7, k=3, seed=0):
@@ -152,3 +160,36 @@ def test_low_rank_options_are_checked():
         samplers.QHMCOptions(metric="dense")
     with pytest.raises(ValueError, match="max_rank"):
         samplers.QHMCOptions(max_rank=0)
+
+
+_SHARDED_SCRIPT = r"""
+import json
+import numpy as np
+import jax
+import tests.test_low_rank_metric as T
+from pkpd_jax.inference.samplers import sample
+
+assert jax.device_count() == 2, jax.devices()
+x0 = T.FMU + 0.1 * np.random.default_rng(1).standard_normal((4, T.D))
+r = sample(T.factor_logdensity, x0, num_warmup=500, num_samples=300, seed=3, progress=False,
+           metric="low_rank", max_rank=8, chain_devices=2)
+print(json.dumps({"ratio": (r.inverse_mass_matrix[0] / T.FSD**2).tolist(),
+                  "steps": float(r.num_integration_steps.mean()),
+                  "divergent": int(r.divergent.sum())}))
+"""
+
+
+def test_low_rank_warmup_with_chains_split_over_two_devices():
+    """Regression: the low-rank estimator once ran inside the chains' ``shard_map`` program, where
+    the CPU backend's SVD of the row-sharded buffers returned garbage (or hung in an all-gather).
+    Split over 2 host devices, the metric must match the single-device quality."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_ENABLE_X64": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = np.asarray(res["ratio"])
+    assert np.all(np.isfinite(ratio)) and np.all((ratio > 0.6) & (ratio < 1.6)), ratio
+    assert res["divergent"] == 0
+    assert res["steps"] < 0.7 * _factor_run("diag").num_integration_steps.mean()

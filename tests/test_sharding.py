@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.models import get_model
@@ -219,6 +220,7 @@ print(json.dumps({"layout": layout, "res": res, "error": error}))
 """
 
 
+@pytest.mark.slow  # ~100 s of compilation in a subprocess (CI time budget); `nox -s slow`
 def test_chains_sharded_over_two_devices_match_one_device():
     """`sample(chain_devices=2)` (jax.shard_map over chains, as the command line runs a fit on a
     2-core host) gives the draws of the single-device vmap: QHMC through the population model's

@@ -355,19 +355,6 @@ def _chain_map(fn: _StaticFn, f: Callable, in_axes) -> Callable:
     return jax.shard_map(vf, mesh=mesh, in_specs=specs, out_specs=P("chains"), check_vma=False)
 
 
-def _replicated(fn: _StaticFn, tree):
-    """``tree`` constrained to be replicated on the chains' devices. The buffers that collect
-    the chains' positions inherit the chain axis's sharding from the ``shard_map`` outputs, and
-    a dense factorisation (SVD, eigh) of a row-sharded operand is not partitioned correctly on
-    the CPU backend (LAPACK sees garbage), so the estimator gets whole copies."""
-    if fn.shards <= 1:
-        return tree
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-
-    mesh = Mesh(np.asarray(jax.devices()[: fn.shards]), ("chains",))
-    return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))
-
-
 def _chain_shards(num_chains: int, requested: int | None = None) -> int:
     """How many devices :func:`sample` splits ``num_chains`` chains over: ``requested`` if given
     (it must divide the chains and not exceed the devices), else the largest divisor of
@@ -532,53 +519,64 @@ def _qhmc_warmup_init(
     )
 
 
-def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, keys, stage, window_end, valid):
+def _qhmc_end_window(opts: QHMCOptions, c: _QHMCWarmup) -> _QHMCWarmup:
+    """Close a warm-up window: new mass centre (diagonal Welford variances, or the low-rank
+    estimate from the slow window's buffers), path length from the power-iteration probes,
+    dual averaging restarted at the window's final step size. Runs as its own (unsharded) jitted
+    call between warm-up slices: a dense factorisation (SVD) of buffers that carry the chain
+    axis's device sharding is not partitioned correctly on the CPU backend, so the driver hands
+    it single-device copies."""
+    dtype = c.states.position.dtype
+    da_init, _, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
+    _, _, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
+    fixed_t = opts.trajectory_length
+    as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
+    mm = as_dtype(mm_final(c.mm))
+    if opts.metric == "low_rank":
+        imm = as_dtype(_low_rank_from_buffer(opts, c.buf_x, c.buf_g, c.count.astype(jnp.int32)))
+    else:
+        imm = mm.inverse_mass_matrix
+    n = jnp.maximum(c.count, 1.0)
+    mean_y = c.sum_y / n
+    cov_u = c.probe_acc / n - (c.probes @ mean_y)[:, None] * mean_y[None, :]  # Σ̂ u, (k, d)
+    u_norm = jnp.sum(c.probes * _inv_mass_times(imm, c.probes), axis=1)  # u' M^-1 u
+    rayleigh = jnp.sum(c.probes * cov_u, axis=1) / u_norm
+    lam = jnp.max(jnp.where(jnp.isfinite(rayleigh), rayleigh, 0.0))
+    if fixed_t is None:
+        t_new = (math.pi / 2) * jnp.sqrt(jnp.maximum(lam, 1.0))
+    else:
+        t_new = c.trajectory_length
+    new_probes = _mass_times(imm, cov_u)
+    norms = jnp.linalg.norm(new_probes, axis=1, keepdims=True)
+    good = jnp.isfinite(norms) & (norms > 0)
+    new_probes = jnp.where(good, new_probes / jnp.where(good, norms, 1.0), c.probes)
+    da = as_dtype(da_init(da_final(c.da)))
+    return c._replace(
+        mm=mm,
+        da=da,
+        step_size=jnp.exp(da.log_step_size),
+        inverse_mass=imm,
+        trajectory_length=t_new.astype(dtype),
+        probes=new_probes,
+        probe_acc=jnp.zeros_like(c.probe_acc),
+        sum_y=jnp.zeros_like(c.sum_y),
+        count=jnp.zeros_like(c.count),
+    )
+
+
+def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, keys, stage, valid):
     """Advance the cross-chain QHMC warm-up (see the module docstring) over a slice of Stan's
-    window schedule: one ``lax.scan``, chains vmapped inside, step size / mass centre / path
-    length shared and estimated from all chains. Iterations with ``valid == False`` (padding of
-    the last slice) leave the carry unchanged. Returns the carry and, per iteration, the
+    window schedule that ends at or before a window's end: one ``lax.scan``, chains vmapped
+    inside, step size / mass centre / path length shared and estimated from all chains (the
+    window is closed by :func:`_qhmc_end_window`). Iterations with ``valid == False`` (padding
+    of a short slice) leave the carry unchanged. Returns the carry and, per iteration, the
     leapfrog steps, the step size used and the mean acceptance probability over chains."""
     num_chains, d = carry.states.position.shape
     dtype = carry.states.position.dtype
     kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
-    da_init, da_update, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
-    _, mm_update, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
-    fixed_t = opts.trajectory_length
+    _, da_update, _ = dual_averaging_adaptation(opts.target_acceptance_rate)
+    _, mm_update, _ = mass_matrix_adaptation(is_diagonal_matrix=True)
     as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
-
-    def end_window(c: _QHMCWarmup) -> _QHMCWarmup:
-        mm = as_dtype(mm_final(c.mm))
-        if opts.metric == "low_rank":
-            buf_x, buf_g = _replicated(logdensity_fn, (c.buf_x, c.buf_g))
-            imm = as_dtype(_low_rank_from_buffer(opts, buf_x, buf_g, c.count.astype(jnp.int32)))
-        else:
-            imm = mm.inverse_mass_matrix
-        n = jnp.maximum(c.count, 1.0)
-        mean_y = c.sum_y / n
-        cov_u = c.probe_acc / n - (c.probes @ mean_y)[:, None] * mean_y[None, :]  # Σ̂ u, (k, d)
-        u_norm = jnp.sum(c.probes * _inv_mass_times(imm, c.probes), axis=1)  # u' M^-1 u
-        rayleigh = jnp.sum(c.probes * cov_u, axis=1) / u_norm
-        lam = jnp.max(jnp.where(jnp.isfinite(rayleigh), rayleigh, 0.0))
-        if fixed_t is None:
-            t_new = (math.pi / 2) * jnp.sqrt(jnp.maximum(lam, 1.0))
-        else:
-            t_new = c.trajectory_length
-        new_probes = _mass_times(imm, cov_u)
-        norms = jnp.linalg.norm(new_probes, axis=1, keepdims=True)
-        good = jnp.isfinite(norms) & (norms > 0)
-        new_probes = jnp.where(good, new_probes / jnp.where(good, norms, 1.0), c.probes)
-        da = as_dtype(da_init(da_final(c.da)))
-        return c._replace(
-            mm=mm,
-            da=da,
-            step_size=jnp.exp(da.log_step_size),
-            inverse_mass=imm,
-            trajectory_length=t_new.astype(dtype),
-            probes=new_probes,
-            probe_acc=jnp.zeros_like(c.probe_acc),
-            sum_y=jnp.zeros_like(c.sum_y),
-            count=jnp.zeros_like(c.count),
-        )
 
     def chain_step(key, state, step_size, inverse_mass, n):
         state, info = kernel(key, state, logdensity_fn, step_size, inverse_mass, opts.log_mass_sd, n)
@@ -587,7 +585,7 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
 
     chain_steps = _chain_map(logdensity_fn, chain_step, (0, 0, None, None, None))
 
-    def one_step(c: _QHMCWarmup, key, stage, window_end):
+    def one_step(c: _QHMCWarmup, key, stage):
         key_chains, key_steps = jax.random.split(key)
         keys = jax.random.split(key_chains, num_chains)
         n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size, warmup=True)  # all chains
@@ -620,17 +618,14 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
             shift=jnp.where(slow, shift, c.shift),
             count=c.count + w * num_chains,
         )
-        c = jax.lax.cond(window_end, end_window, lambda c_: c_, c)
         return c, (n, step_size, jnp.mean(acc))
 
     def maybe_step(c: _QHMCWarmup, xs):
-        key, stage, window_end, ok = xs
+        key, stage, ok = xs
         skipped = (jnp.zeros((), jnp.int32), jnp.zeros((), dtype), jnp.zeros((), dtype))
-        return jax.lax.cond(
-            ok, lambda c_: one_step(c_, key, stage, window_end), lambda c_: (c_, skipped), c
-        )
+        return jax.lax.cond(ok, lambda c_: one_step(c_, key, stage), lambda c_: (c_, skipped), c)
 
-    return jax.lax.scan(maybe_step, carry, (keys, stage, window_end, valid))
+    return jax.lax.scan(maybe_step, carry, (keys, stage, valid))
 
 
 def _qhmc_warmup_final(carry: _QHMCWarmup, opts: QHMCOptions, num_warmup: int):
@@ -750,13 +745,15 @@ def _longest_slow_window(schedule: np.ndarray) -> int:
             run = 0
     return longest
 _qhmc_chunk_jit = jax.jit(_qhmc_warmup_chunk, static_argnames=("logdensity_fn", "opts"))
+_qhmc_end_jit = jax.jit(_qhmc_end_window, static_argnames=("opts",))
 _qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
 
 def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chunk, on_chunk):
-    """QHMC warm-up in jitted slices of `chunk` iterations (same numbers as one scan: the per-
-    iteration keys and the schedule do not depend on `chunk`); `on_chunk(done, chunk_stats)` reports
-    progress.
+    """QHMC warm-up in jitted slices of at most `chunk` iterations, each ending at or before the
+    end of a window of Stan's schedule, which :func:`_qhmc_end_window` then closes in its own
+    single-device call (same numbers as one scan: the per-iteration keys and the schedule do not
+    depend on `chunk`); `on_chunk(done, chunk_stats)` reports progress.
     Returns states, params and per-iteration ``(steps, step_size, acceptance)`` numpy arrays."""
     dtype = positions.dtype
     d = positions.shape[1]
@@ -771,20 +768,25 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
     stats = []
     if num_warmup > 0:
         keys = jax.random.split(key_scan, num_warmup)
-        n_chunks = -(-num_warmup // chunk)
-        pad = n_chunks * chunk - num_warmup
+        pad = chunk  # room for a full slice starting anywhere
+        keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (pad, *keys.shape[1:]))])
         stage = np.concatenate([schedule[:, 0], np.zeros(pad)]).astype(np.int32)
-        window_end = np.concatenate([schedule[:, 1], np.zeros(pad)]).astype(bool)
-        valid = np.arange(n_chunks * chunk) < num_warmup
-        keys = jnp.concatenate([keys, jnp.broadcast_to(keys[:1], (pad, *keys.shape[1:]))]) if pad else keys
-        for i in range(n_chunks):
-            sl = slice(i * chunk, (i + 1) * chunk)
-            carry, st = _qhmc_chunk_jit(fn, opts, carry, keys[sl], stage[sl], window_end[sl], valid[sl])
-            stats.append(tuple(np.asarray(a) for a in st))
-            on_chunk(min((i + 1) * chunk, num_warmup), stats[-1])
+        ends = np.flatnonzero(schedule[:, 1].astype(bool))
+        pos = 0
+        while pos < num_warmup:
+            later = ends[ends >= pos]
+            stop = min(pos + chunk, num_warmup, int(later[0]) + 1 if later.size else num_warmup)
+            sl = slice(pos, pos + chunk)
+            valid = np.arange(pos, pos + chunk) < stop
+            carry, st = _qhmc_chunk_jit(fn, opts, carry, keys[sl], stage[sl], valid)
+            if later.size and stop == int(later[0]) + 1:
+                carry = _qhmc_end_jit(opts, jax.tree.map(np.asarray, carry))  # via the host
+            stats.append(tuple(np.asarray(a)[: stop - pos] for a in st))
+            pos = stop
+            on_chunk(pos, stats[-1])
     states, params = _qhmc_final_jit(carry, opts, num_warmup)
     if stats:
-        steps, eps, acc = (np.concatenate([s_[j] for s_ in stats])[:num_warmup] for j in range(3))
+        steps, eps, acc = (np.concatenate([s_[j] for s_ in stats]) for j in range(3))
     else:
         steps, eps, acc = np.zeros(0, np.int32), np.zeros(0, dtype), np.zeros(0, dtype)
     return states, params, (steps, eps, acc)
@@ -938,10 +940,6 @@ def sample(
     )
     num_chains, dim = positions.shape
     shards = _chain_shards(num_chains, chain_devices)
-    if isinstance(opts, QHMCOptions) and opts.metric == "low_rank":
-        # The low-rank estimator's factorisations on buffers of shard_map outputs give wrong
-        # numbers on the CPU backend (seen with 2 host devices); run such chains on one device.
-        shards = 1
     fn = _StaticFn(logdensity_fn, shards)
     t_start = time.perf_counter()
     init_ld = np.asarray(_initial_logdensity(fn, positions))
