@@ -180,9 +180,8 @@ print(json.dumps({"ratio": (r.inverse_mass_matrix[0] / T.FSD**2).tolist(),
 
 
 def test_low_rank_warmup_with_chains_split_over_two_devices():
-    """Regression: the low-rank estimator once ran inside the chains' ``shard_map`` program, where
-    the CPU backend's SVD of the row-sharded buffers returned garbage (or hung in an all-gather).
-    Split over 2 host devices, the metric must match the single-device quality."""
+    """Split over 2 host devices (each running half of the chains' transitions), the warm-up
+    pools the chains' draws into one estimate of the same quality as on one device."""
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
            "JAX_ENABLE_X64": "1", "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=ROOT,
@@ -193,3 +192,33 @@ def test_low_rank_warmup_with_chains_split_over_two_devices():
     assert np.all(np.isfinite(ratio)) and np.all((ratio > 0.6) & (ratio < 1.6)), ratio
     assert res["divergent"] == 0
     assert res["steps"] < 0.7 * _factor_run("diag").num_integration_steps.mean()
+
+
+def test_low_rank_estimate_needs_twice_the_dimension_in_draws():
+    """Regression: a short first slow window (fewer pooled draws than 2·dim) once went to the
+    estimator padded to the buffer's length, and its SVD failed (non-finite factors); fitted on
+    the few rows alone it returns eigenvalues fitted to noise. Below 2·dim rows only the
+    diagonal scale is estimated; from 2·dim on, a finite low-rank estimate that finds a planted
+    strong direction."""
+    d = 60
+    rng = np.random.default_rng(0)
+    opts = samplers.QHMCOptions(metric="low_rank", max_rank=8)
+    sd = np.exp(rng.uniform(-1, 1, d))
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    cov = np.diag(sd) @ (np.eye(d) + 15.0 * np.outer(u, u)) @ np.diag(sd)
+    prec = np.linalg.inv(cov)
+    for n in (30, 2 * d - 1, 2 * d, 2000):
+        x = rng.multivariate_normal(np.zeros(d), cov, size=n)
+        m = samplers._low_rank_estimate(opts, jnp.asarray(x), jnp.asarray(-x @ prec))
+        assert np.all(np.isfinite(m.sigma)) and np.all(np.isfinite(m.U)) and np.all(np.isfinite(m.lam))
+        if n < 2 * d:
+            np.testing.assert_array_equal(np.asarray(m.lam), 1.0)
+            # sigma = (Var x / Var grad)^(1/4) is the marginal scale up to sampling error
+            assert np.median(np.asarray(m.sigma) / np.sqrt(np.diag(cov))) == pytest.approx(1.0, abs=0.5)
+        else:
+            lam = np.asarray(m.lam)
+            assert lam.max() > 4.0, lam
+            top = np.asarray(m.U)[:, np.argmax(lam)]
+            whitened = u * sd / np.asarray(m.sigma)
+            assert abs(top @ whitened) / np.linalg.norm(whitened) > 0.9

@@ -215,7 +215,8 @@ class QHMCOptions:
         window's draws *and* log-density gradients pooled over chains by the Fisher-divergence
         estimator of Seyboldt et al. (nutpie; ``blackjax.adaptation.metric_estimators.
         fisher_score_low_rank``, regularisation ``low_rank_gamma``, eigenvalues within
-        ``[1/low_rank_cutoff, low_rank_cutoff]`` left uncorrected). The low-rank part absorbs the
+        ``[1/low_rank_cutoff, low_rank_cutoff]`` left uncorrected; windows with fewer than 2·dim
+        draws pooled over chains get only its diagonal scale). The low-rank part absorbs the
         few strongly correlated directions of a hierarchical posterior (a typical value and its
         subjects' individual values), which a diagonal mass cannot, so the quarter-period path
         length and the leapfrog count per iteration drop. The mass draw then scales the
@@ -422,24 +423,23 @@ def _metric_diagonal(metric):
     return metric
 
 
-def _low_rank_from_buffer(opts: QHMCOptions, buf_x, buf_g, n_valid):
-    """Fisher-divergence low-rank metric from the first ``n_valid`` rows of the buffers.
+def _low_rank_estimate(opts: QHMCOptions, draws, grads):
+    """Mass centre of the low-rank metric from a slow window's ``(n, d)`` draws and gradients
+    (all rows valid). With ``n >= 2 d`` (the support the estimator needs; fewer rows give
+    eigenvalues fitted to noise, e.g. thousands for a white-noise window of ``n = d / 4``), the
+    Fisher-divergence estimate; otherwise only its diagonal scale
+    ``σ = (Var x / Var ∇ log p)^{1/4}`` with no low-rank correction (an early, short window)."""
+    n, d = draws.shape
+    r = min(opts.max_rank, d)
+    if n >= 2 * d:
+        return fisher_score_low_rank(draws, grads, r, gamma=opts.low_rank_gamma, cutoff=opts.low_rank_cutoff)
+    var_x, var_g = jnp.var(draws, axis=0), jnp.var(grads, axis=0)
+    sigma = jnp.clip((var_x / var_g) ** 0.25, 1e-20, 1e20)
+    sigma = jnp.where(jnp.isfinite(sigma), sigma, 1.0)
+    return LowRankInverseMassMatrix(sigma, jnp.eye(d, r, dtype=draws.dtype), jnp.ones(r, draws.dtype))
 
-    The estimator takes a plain ``(n, d)`` array; rows past ``n_valid`` are set to the valid
-    rows' mean, so they add nothing to any centred sum and leave the means unchanged (the
-    variances it divides are both scaled by the same ``n_valid / n``, which cancels in
-    ``σ = (Var x / Var ∇)^{1/4}``)."""
-    rows = jnp.arange(buf_x.shape[0])[:, None] < n_valid
-    n = jnp.maximum(n_valid, 1).astype(buf_x.dtype)
 
-    def pad(b):
-        mean = jnp.sum(jnp.where(rows, b, 0.0), axis=0) / n
-        return jnp.where(rows, b, mean)
-
-    return fisher_score_low_rank(
-        pad(buf_x), pad(buf_g), min(opts.max_rank, buf_x.shape[1]),
-        gamma=opts.low_rank_gamma, cutoff=opts.low_rank_cutoff,
-    )
+_low_rank_jit = jax.jit(_low_rank_estimate, static_argnames=("opts",))
 
 
 def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size, warmup: bool = False):
@@ -519,21 +519,19 @@ def _qhmc_warmup_init(
     )
 
 
-def _qhmc_end_window(opts: QHMCOptions, c: _QHMCWarmup) -> _QHMCWarmup:
-    """Close a warm-up window: new mass centre (diagonal Welford variances, or the low-rank
-    estimate from the slow window's buffers), path length from the power-iteration probes,
-    dual averaging restarted at the window's final step size. Runs as its own (unsharded) jitted
-    call between warm-up slices: a dense factorisation (SVD) of buffers that carry the chain
-    axis's device sharding is not partitioned correctly on the CPU backend, so the driver hands
-    it single-device copies."""
+def _qhmc_end_window(opts: QHMCOptions, c: _QHMCWarmup, low_rank=None) -> _QHMCWarmup:
+    """Close a warm-up window: new mass centre (diagonal Welford variances, or ``low_rank``, the
+    low-rank estimate the driver computed from the slow window's buffers), path length from the
+    power-iteration probes, dual averaging restarted at the window's final step size. Runs as
+    its own jitted call between warm-up slices."""
     dtype = c.states.position.dtype
     da_init, _, da_final = dual_averaging_adaptation(opts.target_acceptance_rate)
     _, _, mm_final = mass_matrix_adaptation(is_diagonal_matrix=True)
     fixed_t = opts.trajectory_length
     as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
-    mm = as_dtype(mm_final(c.mm))
+    mm = as_dtype(mm_final(c.mm)) if opts.metric == "diag" else c.mm
     if opts.metric == "low_rank":
-        imm = as_dtype(_low_rank_from_buffer(opts, c.buf_x, c.buf_g, c.count.astype(jnp.int32)))
+        imm = as_dtype(low_rank)
     else:
         imm = mm.inverse_mass_matrix
     n = jnp.maximum(c.count, 1.0)
@@ -598,7 +596,10 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
         def pooled_update(m):
             return jax.lax.scan(lambda m_, xi: (mm_update(m_, xi), None), m, x)[0]
 
-        mm = as_dtype(jax.lax.cond(slow, pooled_update, lambda m: m, c.mm))
+        if opts.metric == "diag":  # (the low-rank estimate comes from the buffers instead)
+            mm = as_dtype(jax.lax.cond(slow, pooled_update, lambda m: m, c.mm))
+        else:
+            mm = c.mm
         shift = jnp.where(c.count == 0, jnp.mean(x, axis=0), c.shift)
         y = x - shift
         w = jnp.where(slow, 1.0, 0.0).astype(dtype)
@@ -780,7 +781,12 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
             valid = np.arange(pos, pos + chunk) < stop
             carry, st = _qhmc_chunk_jit(fn, opts, carry, keys[sl], stage[sl], valid)
             if later.size and stop == int(later[0]) + 1:
-                carry = _qhmc_end_jit(opts, jax.tree.map(np.asarray, carry))  # via the host
+                low_rank = None
+                if opts.metric == "low_rank":  # the window's valid rows (a number known here)
+                    rows = int(np.asarray(carry.count))
+                    buf_x, buf_g = np.asarray(carry.buf_x)[:rows], np.asarray(carry.buf_g)[:rows]
+                    low_rank = _low_rank_jit(opts, buf_x, buf_g)
+                carry = _qhmc_end_jit(opts, jax.tree.map(np.asarray, carry), low_rank)  # via the host
             stats.append(tuple(np.asarray(a)[: stop - pos] for a in st))
             pos = stop
             on_chunk(pos, stats[-1])
