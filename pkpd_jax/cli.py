@@ -518,7 +518,7 @@ def _print_fit_table(fr) -> None:
 #: import (heavy imports inside the command functions). Missing modules are skipped.
 _COMMAND_MODULES = ("amortized.corpus_commands", "amortized.commands", "amortized.classify_commands",
                     "quantum.commands", "trials.commands", "virtual_patients.commands",
-                    "twin.commands")
+                    "twin.commands", "pbpk.commands")
 
 
 def _register_subpackage_commands() -> None:
