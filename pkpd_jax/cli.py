@@ -206,9 +206,13 @@ def validate(
 
 #: Settings of `pkpd-jax run` (full / `--fast`).
 RUN_SETTINGS = {
-    "full": dict(chains=4, warmup=1000, samples=1000, n_virtual=1000, n_draws=100, qkernel_n=2000),
-    "fast": dict(chains=2, warmup=200, samples=150, n_virtual=300, n_draws=40, qkernel_n=500),
+    "full": dict(chains=4, warmup=1000, samples=1000, metric="low_rank", n_virtual=1000, n_draws=100,
+                 qkernel_n=2000),
+    "fast": dict(chains=2, warmup=200, samples=150, metric="low_rank", n_virtual=300, n_draws=40,
+                 qkernel_n=500),
 }
+#: The settings a reused fit (OUT/fit/run_settings.json) must have been run with.
+FIT_SETTING_KEYS = ("chains", "warmup", "samples", "metric")
 #: The population model fitted by `run` when no selector decides (see model_selection.json).
 DEFAULT_PIPELINE_MODEL = ("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
 
@@ -292,6 +296,7 @@ def run(
             chains=settings["chains"],
             warmup=settings["warmup"],
             samples=settings["samples"],
+            metric=settings["metric"],
             seed=seed,
             out=fit_dir,
             log=lambda m: typer.echo(f"      {m}"),
@@ -302,7 +307,7 @@ def run(
         Console().print(warning_table(fr.warnings))
         (fit_dir / "run_settings.json").write_text(json.dumps(
             {"data": str(Path(source).resolve()), "pk": selection["pk"], "pd": selection["pd"],
-             "seed": seed, **{k: settings[k] for k in ("chains", "warmup", "samples")}}, indent=2) + "\n")
+             "seed": seed, **{k: settings[k] for k in FIT_SETTING_KEYS}}, indent=2) + "\n")
     timings["fit_s"] = time.perf_counter() - t
 
     typer.echo(f"[4/5] in-silico trials ({settings['n_virtual']} virtual subjects x "
@@ -422,7 +427,7 @@ def _finished_fit(fit_dir: Path, source, selection: dict, settings: dict, seed: 
         return False
     saved = json.loads(path.read_text())
     want = {"data": str(Path(source).resolve()), "pk": selection["pk"], "pd": selection["pd"], "seed": seed,
-            **{k: settings[k] for k in ("chains", "warmup", "samples")}}
+            **{k: settings[k] for k in FIT_SETTING_KEYS}}
     return saved == want
 
 
@@ -452,6 +457,9 @@ def fit(
         str, typer.Option(help="'auto' (BW and COMED when present), 'none', or e.g. 'BW:CL,V;COMED:CL'.")
     ] = "auto",
     sampler: Annotated[str, typer.Option(help="'qhmc' or 'nuts'.")] = "qhmc",
+    metric: Annotated[
+        str, typer.Option(help="QHMC mass centre: 'low_rank' (diagonal + rank-64 correction) or 'diag'.")
+    ] = "low_rank",
     chains: Annotated[int, typer.Option(help="Chains run in parallel.")] = 4,
     warmup: Annotated[int, typer.Option(help="Warm-up (adaptation) iterations per chain.")] = 1000,
     samples: Annotated[int, typer.Option(help="Kept draws per chain (after thinning).")] = 1000,
@@ -476,6 +484,7 @@ def fit(
         pd=pd,
         covariates=covariates,
         sampler=sampler,
+        metric=metric,
         chains=chains,
         warmup=warmup,
         samples=samples,

@@ -174,7 +174,7 @@ def test_run_fast_answers_the_dose_questions_on_the_bundled_study(tmp_path: Path
 
 
 def test_run_reuses_a_fit_only_when_data_model_seed_and_settings_match(tmp_path: Path):
-    from pkpd_jax.cli import RUN_SETTINGS, _finished_fit, _select_model
+    from pkpd_jax.cli import FIT_SETTING_KEYS, RUN_SETTINGS, _finished_fit, _select_model
 
     data = tmp_path / "study.csv"
     data.write_text("ID,TIME\n")
@@ -189,7 +189,7 @@ def test_run_reuses_a_fit_only_when_data_model_seed_and_settings_match(tmp_path:
     for name in ("summary.json", "positions.npy"):
         (fit_dir / name).write_text("x")
     saved = {"data": str(data.resolve()), "pk": sel["pk"], "pd": sel["pd"], "seed": 0,
-             **{k: fast[k] for k in ("chains", "warmup", "samples")}}
+             **{k: fast[k] for k in FIT_SETTING_KEYS}}
     (fit_dir / "run_settings.json").write_text(json.dumps(saved))
     assert _finished_fit(fit_dir, data, sel, fast, 0)
     assert not _finished_fit(fit_dir, data, sel, fast, 1)  # other seed
@@ -208,7 +208,7 @@ def test_run_with_qkernel_reuses_the_fit_and_reports_the_covariate_model(tmp_pat
     from test_trials import make_fit_dir
     from typer.testing import CliRunner
 
-    from pkpd_jax.cli import RUN_SETTINGS, _select_model, app
+    from pkpd_jax.cli import FIT_SETTING_KEYS, RUN_SETTINGS, _select_model, app
     from pkpd_jax.data.example import example_paths
 
     data = tmp_path / "study.csv"
@@ -219,7 +219,7 @@ def test_run_with_qkernel_reuses_the_fit_and_reports_the_covariate_model(tmp_pat
     fast = RUN_SETTINGS["fast"]
     (fit_dir / "run_settings.json").write_text(json.dumps(
         {"data": str(data.resolve()), "pk": sel["pk"], "pd": sel["pd"], "seed": 0,
-         **{k: fast[k] for k in ("chains", "warmup", "samples")}}))
+         **{k: fast[k] for k in FIT_SETTING_KEYS}}))
     res = CliRunner().invoke(app, ["run", "--data", str(data), "--out", str(out), "--fast", "--qkernel"])
     assert res.exit_code == 0, res.output
     assert "reusing the finished fit" in res.output and "quantum-kernel covariate model" in res.output

@@ -603,7 +603,7 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
         shift = jnp.where(c.count == 0, jnp.mean(x, axis=0), c.shift)
         y = x - shift
         w = jnp.where(slow, 1.0, 0.0).astype(dtype)
-        if opts.metric == "low_rank":  # append the chains' positions and gradients
+        if opts.metric == "low_rank" and c.buf_x.shape[0] >= num_chains:  # append positions, gradients
             row = jnp.minimum(c.count, c.buf_x.shape[0] - num_chains).astype(jnp.int32)
             at = (row, jnp.zeros((), jnp.int32))
             put = lambda buf, v: jnp.where(  # noqa: E731
@@ -785,7 +785,7 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
                 if opts.metric == "low_rank":  # the window's valid rows (a number known here)
                     rows = int(np.asarray(carry.count))
                     buf_x, buf_g = np.asarray(carry.buf_x)[:rows], np.asarray(carry.buf_g)[:rows]
-                    low_rank = _low_rank_jit(opts, buf_x, buf_g)
+                    low_rank = _low_rank_jit(opts, buf_x, buf_g) if rows >= 2 else carry.inverse_mass
                 carry = _qhmc_end_jit(opts, jax.tree.map(np.asarray, carry), low_rank)  # via the host
             stats.append(tuple(np.asarray(a)[: stop - pos] for a in st))
             pos = stop
