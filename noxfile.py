@@ -32,6 +32,8 @@ def studies(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("pytest", "-m", "slow", "tests/test_study_example_fit.py", *session.posargs)
     session.run("python", "experiments/twin_study.py", "results/twin_study", "--quick")
+    session.run("python", "experiments/pbpk_forecast_study.py", "results/pbpk_forecast", "--quick")
+    session.run("python", "experiments/allometry_study.py", "results/allometry_study", "--quick")
 
 
 @nox.session

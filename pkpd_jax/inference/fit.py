@@ -219,8 +219,8 @@ def fit(
         seed=seed,
         progress=progress,
         chain_devices=chain_devices,
-        **({"metric": metric, "max_rank": 64} if sampler == "qhmc" and metric == "low_rank" else {}),
-        **(sampler_options or {}),
+        **{**({"metric": metric, "max_rank": 64} if sampler == "qhmc" and metric == "low_rank" else {}),
+           **(sampler_options or {})},
         **({"inverse_mass_init": start.inverse_mass} if sampler == "qhmc" else {}),
     )
     vals = pm.unflatten(result.draws)
