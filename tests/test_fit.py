@@ -210,3 +210,15 @@ def test_cli_fit_runs(small_study, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["chains"] == 2 and summary["draws_per_chain"] == 10
     assert "CL" in r.stdout and "summary.json" in r.stdout
+
+
+def test_low_rank_metric_only_where_a_window_can_support_it():
+    """The low-rank estimate needs 2·dim draws pooled over chains in one slow window: the bundled
+    study's full fit (4 chains x 1000 warm-up: a 500-iteration window, 2000 draws for 357
+    unknowns) has it, `run --fast` (2 chains x 200) does not and falls back to the diagonal."""
+    from pkpd_jax.inference.fit import _low_rank_can_engage
+
+    assert _low_rank_can_engage(1000, 4, 357)
+    assert not _low_rank_can_engage(200, 2, 357)
+    assert not _low_rank_can_engage(0, 4, 10)
+    assert _low_rank_can_engage(200, 4, 10)

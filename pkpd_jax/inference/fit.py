@@ -209,6 +209,9 @@ def fit(
         else:
             log(f"rich data (median data weight per random effect: {shown}): centred random effects")
     log(f"starting points ready ({time.perf_counter() - t0:.1f} s, MAP {map_steps} steps + curvature)")
+    if sampler == "qhmc" and metric == "low_rank" and not _low_rank_can_engage(warmup, chains, pm.dim):
+        log(f"metric: diag (no warm-up window pools the {2 * pm.dim} draws a low-rank estimate needs)")
+        metric = "diag"
     result = sample(
         pm.logdensity,
         start.positions,
@@ -236,6 +239,19 @@ def fit(
                        "metric": metric if sampler == "qhmc" else None,
                        "parametrization": _parametrization_meta(pm)})
     return fr
+
+
+def _low_rank_can_engage(warmup: int, chains: int, dim: int) -> bool:
+    """Whether some slow warm-up window pools the ``2 * dim`` draws the low-rank estimator needs
+    (see ``samplers._low_rank_estimate``); otherwise the low-rank mode would only re-estimate the
+    diagonal, at the cost of extra compilations, and the Welford diagonal is used instead."""
+    if warmup <= 0:
+        return False
+    from blackjax.adaptation.window_adaptation import build_schedule
+
+    from .samplers import _longest_slow_window
+
+    return _longest_slow_window(np.asarray(build_schedule(warmup))) * chains >= 2 * dim
 
 
 def _parametrization_meta(pm: PopulationModel):
