@@ -81,7 +81,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -885,11 +884,9 @@ def save(model: NeuralAllometry, path: str | Path) -> Path:
         "x_std": model.x_std.tolist(),
         "meta": model.meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, list(model.nets))
-    os.replace(tmp, path)
+    from ..amortized.train import _write_atomic
+
+    _write_atomic(path, header, list(model.nets))
     return path
 
 

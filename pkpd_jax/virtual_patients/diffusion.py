@@ -63,7 +63,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -427,11 +426,9 @@ def save(diffusion: VirtualPatientDiffusion, path: str | Path) -> Path:
         "weight_quantiles": diffusion.weight_quantiles.tolist(),
         "age_quantiles": diffusion.age_quantiles.tolist(), "meta": diffusion.meta,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, diffusion.model)
-    os.replace(tmp, path)
+    from ..amortized.train import _write_atomic
+
+    _write_atomic(path, header, diffusion.model)
     return path
 
 
