@@ -158,6 +158,8 @@ def test_same_seed_same_draws(small_study, fitted):
 def test_fit_rejects_bad_settings_before_sampling(small_study):
     with pytest.raises(ValueError, match="chains >= 1"):
         fit(small_study, pk=PK, chains=0)
+    with pytest.raises(ValueError, match="metric must be 'diag' or 'low_rank', got 'dense'"):
+        fit(small_study, pk=PK, metric="dense")
     with pytest.raises(UnknownModelError, match="unknown PK model 'pk_2c_iv_infusionX'"):
         fit(small_study, pk=PK + "X")
 
