@@ -72,6 +72,8 @@ def _sampler_options(args) -> dict | None:
         opts["target_acceptance_rate"] = args.target_accept
     if args.sampler == "qhmc" and args.metric != "diag":
         opts.update(metric=args.metric, max_rank=args.max_rank)
+    if args.sampler == "qhmc" and args.max_warmup_steps is not None:
+        opts["max_warmup_steps"] = args.max_warmup_steps
     return opts or None
 
 
@@ -117,6 +119,12 @@ def one_fit(args, chain_devices, truth) -> dict:
         "sampling_s": r.wall_s - r.warmup_s,
         "before_sampling_s": wall - r.wall_s,
         "warmup_leapfrog_steps": int(np.sum(r.warmup_steps)) if r.warmup_steps is not None else None,
+        # mean leapfrog steps per warm-up iteration, per block of 100 iterations
+        "warmup_steps_per_100": (
+            [float(np.mean(b)) for b in np.array_split(np.asarray(r.warmup_steps).reshape(-1),
+                                                       max(1, np.asarray(r.warmup_steps).size // 100))]
+            if r.warmup_steps is not None and np.asarray(r.warmup_steps).size else None
+        ),
         "sampling_steps_per_iteration": (
             float(np.mean(steps)) / r.thin if steps.size else None
         ),
@@ -193,6 +201,8 @@ def main(argv=None) -> None:
     ap.add_argument("--metric", default="diag", choices=["diag", "low_rank"],
                     help="QHMC mass centre (see QHMCOptions.metric)")
     ap.add_argument("--max-rank", type=int, default=64, help="rank of the low-rank metric")
+    ap.add_argument("--max-warmup-steps", type=int, default=None,
+                    help="cap on leapfrog steps per warm-up iteration (default: fit's)")
     ap.add_argument("--cache", default=None,
                     help="persistent compilation cache directory (as the command line keeps one); "
                     "default: none, i.e. every program is compiled (a cold start)")

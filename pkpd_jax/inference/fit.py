@@ -109,6 +109,12 @@ def _draws_frame(fr: FitResult) -> pl.DataFrame:
     return pl.DataFrame(cols)
 
 
+#: Leapfrog steps per QHMC warm-up iteration at most (`fit` only; `sample`'s own default is 100).
+#: On the bundled example study the low-rank warm-up wants 8-15 steps per iteration, and the
+#: early diagonal windows up to ~30; the cap cut the warm-up's gradients by ~14 % with the same
+#: R-hat and ESS (benchmarks/results/fit_low_rank.md).
+WARMUP_MAX_STEPS = 16
+
 #: ``parametrization="auto"`` centres a random effect when the median over subjects of its data
 #: weight (data information relative to the population prior) is at least this.
 AUTO_CENTERED_MIN_WEIGHT = 2.0
@@ -159,7 +165,10 @@ def fit(
     window adaptation).
 
     `sampler_options`: fields of [`QHMCOptions`][] / [`NUTSOptions`][] (e.g.
-    ``{"target_acceptance_rate": 0.9}``).
+    ``{"target_acceptance_rate": 0.9}``). QHMC's warm-up trajectories are capped at
+    `WARMUP_MAX_STEPS` leapfrog steps per iteration unless ``max_warmup_steps`` is given (the
+    warm-up needs positions in the typical set and acceptance statistics, not long
+    trajectories; the sampling phase is not capped).
 
     Every input problem (bad rows, missing covariate columns, a PD model without PD
     observations, no doses) raises a `ValueError` before anything is compiled.
@@ -222,7 +231,9 @@ def fit(
         seed=seed,
         progress=progress,
         chain_devices=chain_devices,
-        **{**({"metric": metric, "max_rank": 64} if sampler == "qhmc" and metric == "low_rank" else {}),
+        value_and_grad_fn=pm.value_and_grad,
+        **{**({"max_warmup_steps": WARMUP_MAX_STEPS} if sampler == "qhmc" else {}),
+           **({"metric": metric, "max_rank": 64} if sampler == "qhmc" and metric == "low_rank" else {}),
            **(sampler_options or {})},
         **({"inverse_mass_init": start.inverse_mass} if sampler == "qhmc" else {}),
     )

@@ -66,7 +66,8 @@ Options (``**sampler_options``): see :class:`QHMCOptions` and :class:`NUTSOption
 Driver
 ------
 Warm-up is one jitted call (``jax.vmap`` over chains). Sampling runs as a ``lax.scan`` of
-``max(1, chunk // thin)`` kept draws per jitted call; a ``rich`` progress bar is advanced
+at most ``max(1, chunk // thin)`` kept draws per jitted call (calls of equal size, so that the
+sampling program compiles once); a ``rich`` progress bar is advanced
 between calls, and a ``KeyboardInterrupt`` stops the run and returns the draws made so far with
 ``interrupted=True``. Iteration ``i`` of the sampling phase uses the key
 ``k_i = fold_in(key_sample, i)`` split over chains (and ``fold_in(k_i, chains)`` for what all
@@ -477,12 +478,14 @@ def _qhmc_broadcast(num_chains, d, step_size, inverse_mass, trajectory_length) -
 
 
 def _qhmc_warmup_init(
-    logdensity_fn, opts: QHMCOptions, key, positions, inverse_mass0, eps0, buffer_rows: int = 0
+    logdensity_fn, opts: QHMCOptions, key, positions, inverse_mass0, eps0, buffer_rows: int = 0,
+    states=None,
 ) -> _QHMCWarmup:
-    """Initial warm-up carry: chain states, dual averaging from ``eps0``, the mass
-    centre ``inverse_mass0`` (e.g. the inverse curvature at the MAP; ones by default; as a
-    low-rank metric with no correction when ``opts.metric == "low_rank"``), ``T = pi/2`` (or the
-    fixed ``trajectory_length``) and ``buffer_rows`` rows of slow-window buffers."""
+    """Initial warm-up carry: chain states (`states`, or computed from `positions`), dual
+    averaging from ``eps0``, the mass centre ``inverse_mass0`` (e.g. the inverse curvature at the
+    MAP; ones by default; as a low-rank metric with no correction when ``opts.metric ==
+    "low_rank"``), ``T = pi/2`` (or the fixed ``trajectory_length``) and ``buffer_rows`` rows of
+    slow-window buffers."""
     num_chains, d = positions.shape
     dtype = positions.dtype
     da_init, _, _ = dual_averaging_adaptation(opts.target_acceptance_rate)
@@ -490,7 +493,8 @@ def _qhmc_warmup_init(
     fixed_t = opts.trajectory_length
     t0 = jnp.asarray(math.pi / 2 if fixed_t is None else fixed_t, dtype)
     eps0 = jnp.asarray(eps0, dtype)
-    states = jax.vmap(lambda x: qhmc.init(x, logdensity_fn))(positions)
+    if states is None:
+        states = jax.vmap(lambda x: qhmc.init(x, logdensity_fn))(positions)
     k = min(opts.num_probes, d)
     probes = jax.random.normal(key, (k, d), dtype)
     probes = probes / jnp.linalg.norm(probes, axis=1, keepdims=True)
@@ -733,6 +737,48 @@ def _reasonable_step_size(fn, opts: QHMCOptions, key, positions, inverse_mass, m
     return eps
 
 
+def _host_states(value_and_grad_fn, positions):
+    """Initial chain states from a compiled one-position ``value_and_grad_fn``, chain by chain
+    on the host (no program of its own to compile)."""
+    vals, grads = zip(*(value_and_grad_fn(x) for x in positions))
+    logdensity = jnp.asarray(np.asarray([float(v) for v in vals]), positions.dtype)
+    return qhmc.QHMCState(positions, logdensity, jnp.stack([jnp.asarray(g) for g in grads]))
+
+
+def _host_step_size(value_and_grad_fn, opts: QHMCOptions, key, states, inverse_mass,
+                    max_tries: int = 40) -> float:
+    """:func:`_reasonable_step_size` with one-position ``value_and_grad_fn`` calls on the host:
+    the same heuristic (double or halve until the mean one-leapfrog acceptance probability over
+    chains crosses 0.5), with the diagonal starting mass and no compiled program of its own."""
+    x0 = np.asarray(states.position)
+    v0 = np.asarray(states.logdensity)
+    g0 = np.asarray(states.logdensity_grad)
+    inv_m = np.broadcast_to(np.asarray(inverse_mass, float), x0.shape)
+    seed = np.asarray(jax.random.key_data(key)).ravel().tolist()
+
+    def acceptance(eps, i):
+        p = np.random.default_rng([*seed, i]).standard_normal(x0.shape) / np.sqrt(inv_m)
+        acc = []
+        for c in range(x0.shape[0]):
+            half = p[c] + 0.5 * eps * g0[c]
+            x1 = x0[c] + eps * inv_m[c] * half
+            v1, g1 = value_and_grad_fn(jnp.asarray(x1, states.position.dtype))
+            p1 = half + 0.5 * eps * np.asarray(g1)
+            dh = -(float(v1) - v0[c]) + 0.5 * np.sum(inv_m[c] * (p1**2 - p[c] ** 2))
+            acc.append(min(1.0, math.exp(-dh)) if np.isfinite(dh) else 0.0)
+        return float(np.mean(acc))
+
+    eps = float(opts.initial_step_size)
+    direction = 1.0 if acceptance(eps, 0) > 0.5 else -1.0
+    for i in range(max_tries):
+        new = eps * 2.0**direction
+        acc = acceptance(new, i + 1)
+        if (direction > 0 and acc < 0.5) or (direction < 0 and acc > 0.5):
+            return new if direction < 0 else eps
+        eps = new
+    return eps
+
+
 _qhmc_init_jit = jax.jit(_qhmc_warmup_init, static_argnames=("logdensity_fn", "opts", "buffer_rows"))
 
 
@@ -750,22 +796,27 @@ _qhmc_end_jit = jax.jit(_qhmc_end_window, static_argnames=("opts",))
 _qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
 
-def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chunk, on_chunk):
+def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chunk, on_chunk,
+                        states=None, value_and_grad_fn=None):
     """QHMC warm-up in jitted slices of at most `chunk` iterations, each ending at or before the
     end of a window of Stan's schedule, which :func:`_qhmc_end_window` then closes in its own
     single-device call (same numbers as one scan: the per-iteration keys and the schedule do not
     depend on `chunk`); `on_chunk(done, chunk_stats)` reports progress.
+    With ``value_and_grad_fn`` (and the initial `states` it gave), the initial step-size search
+    runs on the host with it instead of compiling a program of its own.
     Returns states, params and per-iteration ``(steps, step_size, acceptance)`` numpy arrays."""
     dtype = positions.dtype
     d = positions.shape[1]
     inverse_mass0 = jnp.ones(d, dtype) if inverse_mass0 is None else jnp.asarray(inverse_mass0, dtype)
     key_probe, key_scan, key_eps = jax.random.split(key, 3)
     eps0 = opts.initial_step_size
-    if num_warmup > 0:
+    if num_warmup > 0 and value_and_grad_fn is not None and states is not None:
+        eps0 = _host_step_size(value_and_grad_fn, opts, key_eps, states, inverse_mass0)
+    elif num_warmup > 0:
         eps0 = _reasonable_step_size(fn, opts, key_eps, positions, inverse_mass0)
     schedule = np.asarray(build_schedule(num_warmup)) if num_warmup > 0 else np.zeros((0, 2), int)
     buffer_rows = _longest_slow_window(schedule) * positions.shape[0]
-    carry = _qhmc_init_jit(fn, opts, key_probe, positions, inverse_mass0, eps0, buffer_rows)
+    carry = _qhmc_init_jit(fn, opts, key_probe, positions, inverse_mass0, eps0, buffer_rows, states)
     stats = []
     if num_warmup > 0:
         keys = jax.random.split(key_scan, num_warmup)
@@ -901,6 +952,7 @@ def sample(
     chunk: int = 100,
     inverse_mass_init=None,
     chain_devices: int | None = None,
+    value_and_grad_fn: Callable | None = None,
     **sampler_options,
 ) -> MCMCResult:
     """Warm up and sample ``chains`` chains of ``sampler`` in parallel.
@@ -922,7 +974,8 @@ def sample(
     progress
         Show a ``rich`` progress bar.
     chunk
-        Iterations per jitted call between progress updates (``max(1, chunk // thin)`` draws;
+        Iterations per jitted call between progress updates (at most ``max(1, chunk // thin)``
+        draws, in calls of equal size;
         QHMC's warm-up also advances in slices of ``chunk`` iterations).
     inverse_mass_init
         QHMC only: ``(dim,)`` diagonal inverse mass for the first (fast) warm-up window, e.g.
@@ -934,6 +987,13 @@ def sample(
         Split the chains over this many devices (``jax.shard_map``; it must divide the number
         of chains). ``None``: as many local devices as divide the chains (one on a default CPU
         set-up). The draws do not depend on it beyond floating-point round-off.
+    value_and_grad_fn
+        Optional ``x (dim,) -> (log density, gradient)`` for one position, already compiled
+        (e.g. a model's own ``jax.jit(jax.value_and_grad(logdensity_fn))``). With QHMC, the
+        initial states, their finiteness check and the initial step-size search then call it
+        chain by chain on the host instead of compiling three programs of their own (about
+        30 s of compilation for a population PK/PD model on a CPU). It must agree with
+        `logdensity_fn`.
     **sampler_options
         :class:`QHMCOptions` or :class:`NUTSOptions` fields.
 
@@ -948,7 +1008,18 @@ def sample(
     shards = _chain_shards(num_chains, chain_devices)
     fn = _StaticFn(logdensity_fn, shards)
     t_start = time.perf_counter()
-    init_ld = np.asarray(_initial_logdensity(fn, positions))
+    host_states = None
+    if sampler == "qhmc" and value_and_grad_fn is not None:
+        out_shape = jax.eval_shape(logdensity_fn, positions[0]).shape
+        if out_shape != ():
+            raise ValueError(
+                f"sample: logdensity_fn must return a scalar for an input of shape ({dim},), "
+                f"got output shape {out_shape}"
+            )
+        host_states = _host_states(value_and_grad_fn, positions)
+        init_ld = np.asarray(host_states.logdensity)
+    else:
+        init_ld = np.asarray(_initial_logdensity(fn, positions))
     if init_ld.shape != (num_chains,):
         raise ValueError(
             f"sample: logdensity_fn must return a scalar for an input of shape ({dim},), "
@@ -962,7 +1033,10 @@ def sample(
         )
 
     key_warmup, key_sample = jax.random.split(jax.random.PRNGKey(seed))
-    draws_per_call = max(1, chunk // thin)
+    # Equal calls (the last one's surplus draws discarded): a shorter last call would compile
+    # the sampling program a second time (~15 s for a population model) to save a few draws.
+    n_calls = -(-num_samples // max(1, chunk // thin))
+    draws_per_call = -(-num_samples // n_calls)
     outs: list[tuple[np.ndarray, ...]] = []
     interrupted = False
     states = params = None
@@ -993,7 +1067,8 @@ def sample(
                             f"{sampler} warm-up ({num_chains} chains, <= {steps} leapfrog steps/it)"))
 
                 states, params, warmup_stats = _qhmc_warmup_driver(
-                    fn, opts, num_warmup, key_warmup, positions, inverse_mass_init, chunk, on_chunk
+                    fn, opts, num_warmup, key_warmup, positions, inverse_mass_init, chunk, on_chunk,
+                    states=host_states, value_and_grad_fn=value_and_grad_fn,
                 )
             else:
                 states, params = _warmup(fn, opts, num_warmup, key_warmup, positions)
@@ -1005,8 +1080,9 @@ def sample(
             done = 0
             while done < num_samples:
                 n = min(draws_per_call, num_samples - done)
-                states, out = _run_chunk(fn, opts, n, thin, states, params, key_sample, done * thin)
-                outs.append(tuple(np.asarray(o) for o in out))
+                states, out = _run_chunk(
+                    fn, opts, draws_per_call, thin, states, params, key_sample, done * thin)
+                outs.append(tuple(np.asarray(o)[:n] for o in out))
                 done += n
                 if bar is not None:
                     bar.update(task_s, advance=n)
