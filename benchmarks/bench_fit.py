@@ -184,6 +184,20 @@ def markdown(info: dict, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+def _public_args(argv) -> list[str]:
+    """The command-line arguments as recorded in the results: without ``--out DIR`` (where the
+    results were written is not part of how they were measured)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out="):
+            out.append(a)
+    return out
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 warm-up + 200 draws")
@@ -232,7 +246,8 @@ def main(argv=None) -> None:
         "devices": jax.local_device_count(),
         "loadavg_start": list(os.getloadavg()),
         "quick": args.quick,
-        "command": "python benchmarks/bench_fit.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/bench_fit.py "
+        + " ".join(_public_args(argv if argv is not None else sys.argv[1:])),
         "model": f"{args.pk} + {args.pd}",
         "chains": args.chains,
         "warmup": args.warmup,
