@@ -159,8 +159,8 @@ def fit(
     device per core, so the chains of a fit run on all cores.
 
     `metric`: QHMC's mass centre, ``"low_rank"`` (default: a diagonal scale plus a rank-64
-    correction estimated from the slow windows' draws and gradients; on the bundled study 9.8
-    leapfrog steps per iteration instead of 28.4 with ``"diag"``, see
+    correction estimated from the slow windows' draws and gradients; on the bundled study 10-12
+    leapfrog steps per iteration instead of 28 with ``"diag"``, see
     ``benchmarks/results/fit_low_rank.md``) or ``"diag"``. Ignored by NUTS (blackjax's diagonal
     window adaptation).
 
