@@ -765,7 +765,7 @@ def _host_step_size(value_and_grad_fn, opts: QHMCOptions, key, states, inverse_m
             v1, g1 = value_and_grad_fn(jnp.asarray(x1, states.position.dtype))
             p1 = half + 0.5 * eps * np.asarray(g1)
             dh = -(float(v1) - v0[c]) + 0.5 * np.sum(inv_m[c] * (p1**2 - p[c] ** 2))
-            acc.append(min(1.0, math.exp(-dh)) if np.isfinite(dh) else 0.0)
+            acc.append((1.0 if dh <= 0 else math.exp(-dh)) if np.isfinite(dh) else 0.0)
         return float(np.mean(acc))
 
     eps = float(opts.initial_step_size)
