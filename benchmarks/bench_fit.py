@@ -47,6 +47,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _results import public_args  # noqa: E402
 
 
 def log(*a):
@@ -185,19 +186,6 @@ def markdown(info: dict, runs: list[dict]) -> str:
 
 
 
-def _public_args(argv) -> list[str]:
-    """The command-line arguments as recorded in the results: without ``--out DIR`` (where the
-    results were written is not part of how they were measured)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--out":
-            skip = True
-        elif not a.startswith("--out="):
-            out.append(a)
-    return out
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="200 warm-up + 200 draws")
@@ -247,7 +235,7 @@ def main(argv=None) -> None:
         "loadavg_start": list(os.getloadavg()),
         "quick": args.quick,
         "command": "python benchmarks/bench_fit.py "
-        + " ".join(_public_args(argv if argv is not None else sys.argv[1:])),
+        + " ".join(public_args(argv if argv is not None else sys.argv[1:])),
         "model": f"{args.pk} + {args.pd}",
         "chains": args.chains,
         "warmup": args.warmup,

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _results import public_args
+
 
 def log(*a):
     print(*a, file=sys.stderr, flush=True)
@@ -56,19 +58,6 @@ def one_run(setting: str, cache: Path, extra: list[str]) -> dict:
             "model": f"{selection['pk']} + {selection['pd']}", "loadavg_end": list(os.getloadavg())}
 
 
-
-def _public_args(argv) -> list[str]:
-    """The command-line arguments as recorded in the results: without ``--out DIR`` (where the
-    results were written is not part of how they were measured)."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--out":
-            skip = True
-        elif not a.startswith("--out="):
-            out.append(a)
-    return out
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -110,7 +99,7 @@ def main(argv=None) -> None:
         "cpus": os.cpu_count(),
         "loadavg_start": list(os.getloadavg()),
         "command": "python benchmarks/bench_run.py "
-        + " ".join(_public_args(argv if argv is not None else sys.argv[1:])),
+        + " ".join(public_args(argv if argv is not None else sys.argv[1:])),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "run_quick" if args.quick else "run"

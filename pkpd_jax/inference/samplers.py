@@ -720,21 +720,29 @@ def _one_leapfrog_acceptance(logdensity_fn, opts: QHMCOptions, key, positions, i
     return jnp.mean(jax.vmap(one)(keys, positions))
 
 
-def _reasonable_step_size(fn, opts: QHMCOptions, key, positions, inverse_mass, max_tries: int = 40) -> float:
-    """Stan's heuristic: double or halve the step size from ``initial_step_size`` until the
-    one-step acceptance probability crosses 0.5 (a start for dual averaging, whose first
-    iterations otherwise swing over orders of magnitude)."""
-    eps = float(opts.initial_step_size)
-    acc = float(_one_leapfrog_acceptance(fn, opts, key, positions, inverse_mass, eps))
-    direction = 1.0 if acc > 0.5 else -1.0
+def _step_size_search(acceptance, initial: float, max_tries: int = 40) -> float:
+    """Stan's heuristic: double or halve the step size from `initial` until the one-step
+    acceptance probability ``acceptance(eps, i)`` (``i`` numbers the tries) crosses 0.5 (a start
+    for dual averaging, whose first iterations otherwise swing over orders of magnitude)."""
+    eps = float(initial)
+    direction = 1.0 if acceptance(eps, 0) > 0.5 else -1.0
     for i in range(max_tries):
         new = eps * 2.0**direction
-        key_i = jax.random.fold_in(key, i)
-        acc = float(_one_leapfrog_acceptance(fn, opts, key_i, positions, inverse_mass, new))
+        acc = acceptance(new, i + 1)
         if (direction > 0 and acc < 0.5) or (direction < 0 and acc > 0.5):
             return new if direction < 0 else eps
         eps = new
     return eps
+
+
+def _reasonable_step_size(fn, opts: QHMCOptions, key, positions, inverse_mass, max_tries: int = 40) -> float:
+    """:func:`_step_size_search` with a compiled one-leapfrog acceptance over the chains."""
+
+    def acceptance(eps, i):
+        key_i = key if i == 0 else jax.random.fold_in(key, i - 1)
+        return float(_one_leapfrog_acceptance(fn, opts, key_i, positions, inverse_mass, eps))
+
+    return _step_size_search(acceptance, opts.initial_step_size, max_tries)
 
 
 def _host_states(value_and_grad_fn, positions):
@@ -747,9 +755,9 @@ def _host_states(value_and_grad_fn, positions):
 
 def _host_step_size(value_and_grad_fn, opts: QHMCOptions, key, states, inverse_mass,
                     max_tries: int = 40) -> float:
-    """:func:`_reasonable_step_size` with one-position ``value_and_grad_fn`` calls on the host:
-    the same heuristic (double or halve until the mean one-leapfrog acceptance probability over
-    chains crosses 0.5), with the diagonal starting mass and no compiled program of its own."""
+    """:func:`_step_size_search` with one-position ``value_and_grad_fn`` calls on the host (one
+    leapfrog step per chain with the diagonal starting mass, mean acceptance over chains): no
+    compiled program of its own."""
     x0 = np.asarray(states.position)
     v0 = np.asarray(states.logdensity)
     g0 = np.asarray(states.logdensity_grad)
@@ -768,15 +776,7 @@ def _host_step_size(value_and_grad_fn, opts: QHMCOptions, key, states, inverse_m
             acc.append((1.0 if dh <= 0 else math.exp(-dh)) if np.isfinite(dh) else 0.0)
         return float(np.mean(acc))
 
-    eps = float(opts.initial_step_size)
-    direction = 1.0 if acceptance(eps, 0) > 0.5 else -1.0
-    for i in range(max_tries):
-        new = eps * 2.0**direction
-        acc = acceptance(new, i + 1)
-        if (direction > 0 and acc < 0.5) or (direction < 0 and acc > 0.5):
-            return new if direction < 0 else eps
-        eps = new
-    return eps
+    return _step_size_search(acceptance, opts.initial_step_size, max_tries)
 
 
 _qhmc_init_jit = jax.jit(_qhmc_warmup_init, static_argnames=("logdensity_fn", "opts", "buffer_rows"))
