@@ -224,3 +224,16 @@ def test_low_rank_metric_only_where_a_window_can_support_it():
     assert not _low_rank_can_engage(200, 2, 357)
     assert not _low_rank_can_engage(0, 4, 10)
     assert _low_rank_can_engage(200, 4, 10)
+
+
+def test_fit_caps_warm_up_trajectories(small_study, fitted, monkeypatch):
+    """`fit` caps QHMC's warm-up at WARMUP_MAX_STEPS leapfrog steps per iteration (sampling is
+    not capped)."""
+    from pkpd_jax.inference import fit as fit_module
+
+    fr, _ = fitted
+    assert 1 <= np.max(fr.result.warmup_steps) <= fit_module.WARMUP_MAX_STEPS
+    monkeypatch.setattr(fit_module, "WARMUP_MAX_STEPS", 2)
+    capped = fit(small_study, pk=PK, out=None, plots=False, log=lambda *a: None,
+                 **{**SETTINGS, "samples": 5})
+    assert np.max(capped.result.warmup_steps) <= 2
