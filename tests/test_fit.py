@@ -121,7 +121,8 @@ def test_fit_reloads_exactly(fitted):
 def test_auto_parametrisation_centres_the_informed_random_effects(small_study, tmp_path, monkeypatch):
     """`parametrization="auto"` decides per random effect: effects whose median data weight is at
     least AUTO_CENTERED_MIN_WEIGHT stay centred, the others are non-centred (mapped from the
-    centred starting point); the mixed choice is saved and reloaded with the fit."""
+    centred starting point); the mixed choice is saved and reloaded with the fit. The fit caps
+    QHMC's warm-up at WARMUP_MAX_STEPS leapfrog steps per iteration (patched to 2 here)."""
     from pkpd_jax.inference import fit as fit_module
     from pkpd_jax.inference.population import PopulationModel
 
@@ -133,9 +134,11 @@ def test_auto_parametrisation_centres_the_informed_random_effects(small_study, t
         return np.where(informed[None, :], 50.0, 0.5) + 0 * w
 
     monkeypatch.setattr(PopulationModel, "data_weight", weights)
+    monkeypatch.setattr(fit_module, "WARMUP_MAX_STEPS", 2)  # and the warm-up cap (one fit for both)
     lines = []
     fr = fit(small_study, pk=PK, out=tmp_path, plots=False, log=lines.append,
              **{**SETTINGS, "warmup": 6, "samples": 4, "map_steps": 10})
+    assert np.max(fr.result.warmup_steps) <= 2
     pm = fr.population
     assert pm.parametrization == "mixed" and pm.centered_params == ("CL", "V1")
     assert any("non-centred Q, V2" in line for line in lines), lines
@@ -226,14 +229,10 @@ def test_low_rank_metric_only_where_a_window_can_support_it():
     assert _low_rank_can_engage(200, 4, 10)
 
 
-def test_fit_caps_warm_up_trajectories(small_study, fitted, monkeypatch):
+def test_fit_caps_warm_up_trajectories(fitted):
     """`fit` caps QHMC's warm-up at WARMUP_MAX_STEPS leapfrog steps per iteration (sampling is
-    not capped)."""
+    not capped; a cap of 2 is checked in the parametrisation test's fit)."""
     from pkpd_jax.inference import fit as fit_module
 
     fr, _ = fitted
     assert 1 <= np.max(fr.result.warmup_steps) <= fit_module.WARMUP_MAX_STEPS
-    monkeypatch.setattr(fit_module, "WARMUP_MAX_STEPS", 2)
-    capped = fit(small_study, pk=PK, out=None, plots=False, log=lambda *a: None,
-                 **{**SETTINGS, "samples": 5})
-    assert np.max(capped.result.warmup_steps) <= 2

