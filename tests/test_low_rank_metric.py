@@ -16,6 +16,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import blackjax.mcmc.metrics as metrics  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -74,7 +75,39 @@ CORR[0, 1] = CORR[1, 0] = 0.9
 COV = CORR * np.outer(SD, SD)
 
 
-def test_qhmc_kernel_with_low_rank_centre_leaves_target_invariant():
+def test_whitened_mass_draw_is_the_metric_it_claims():
+    """`whitened_low_rank_metric(centre, f)`: M⁻¹ = diag(σ) A diag(f) A diag(σ) with
+    A = (I + U(Λ-I)Uᵀ)^{1/2}; with f = 1 it is the centre (blackjax's own low-rank metric);
+    kinetic energy, momentum draw and the square-root factors agree with the dense matrices."""
+    metric, dense = _random_low_rank()
+    d = dense.shape[0]
+    sigma, U, lam = (np.asarray(a) for a in metric)
+    A = np.eye(d) + U @ np.diag(np.sqrt(lam) - 1) @ U.T
+    f = np.exp(np.random.default_rng(4).uniform(-1, 1, d))
+    minv = np.diag(sigma) @ A @ np.diag(f) @ A @ np.diag(sigma)
+    p = np.random.default_rng(5).standard_normal(d)
+    ref = metrics.default_metric(metric)
+    same = qhmc.whitened_low_rank_metric(metric, jnp.ones(d))
+    pj = jnp.asarray(p)
+    np.testing.assert_allclose(same.kinetic_energy(pj), ref.kinetic_energy(pj), rtol=1e-12)
+    np.testing.assert_allclose(A @ A, np.diag(1 / sigma) @ dense @ np.diag(1 / sigma), rtol=1e-10, atol=1e-12)
+    m = qhmc.whitened_low_rank_metric(metric, jnp.asarray(f))
+    np.testing.assert_allclose(m.kinetic_energy(jnp.asarray(p)), 0.5 * p @ minv @ p, rtol=1e-12)
+    cols = lambda **kw: np.stack([np.asarray(m.scale(None, jnp.asarray(e), **kw)) for e in np.eye(d)], 1)  # noqa: E731
+    half = cols(inv=False, trans=False)  # M^{1/2}
+    np.testing.assert_allclose(half @ half.T, np.linalg.inv(minv), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(cols(inv=False, trans=True), half.T, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(cols(inv=True, trans=False) @ half, np.eye(d), atol=1e-10)
+    np.testing.assert_allclose(cols(inv=True, trans=True), np.linalg.inv(half).T, rtol=1e-9, atol=1e-12)
+    key = jax.random.PRNGKey(6)
+    np.testing.assert_allclose(m.sample_momentum(key, jnp.zeros(d)),
+                               half @ np.asarray(jax.random.normal(key, (d,))), rtol=1e-12)
+    drawn, _ = qhmc.draw_inverse_mass(jax.random.PRNGKey(1), metric, 0.5, 2.0, whitened=True)
+    assert isinstance(drawn, metrics.Metric)
+
+
+@pytest.mark.parametrize("whitened", [False, True])
+def test_qhmc_kernel_with_low_rank_centre_leaves_target_invariant(whitened):
     """Exact N(MU, COV) draws stay exact after QHMC transitions with a random low-rank mass
     (any position-independent metric distribution keeps the kernel exact)."""
     n = 4000
@@ -83,7 +116,7 @@ def test_qhmc_kernel_with_low_rank_centre_leaves_target_invariant():
     rng = np.random.default_rng(3)
     U, _ = np.linalg.qr(rng.standard_normal((4, 2)))
     metric = LowRankInverseMassMatrix(jnp.asarray(SD * 0.7), jnp.asarray(U), jnp.asarray([4.0, 0.3]))
-    kernel = qhmc.build_kernel(xi_clip=2.0)
+    kernel = qhmc.build_kernel(xi_clip=2.0, whitened=whitened)
 
     @jax.jit
     @jax.vmap
@@ -222,3 +255,28 @@ def test_low_rank_estimate_needs_twice_the_dimension_in_draws():
             top = np.asarray(m.U)[:, np.argmax(lam)]
             whitened = u * sd / np.asarray(m.sigma)
             assert abs(top @ whitened) / np.linalg.norm(whitened) > 0.9
+
+
+def test_whitened_mass_jitter_keeps_the_low_rank_decorrelation():
+    """A 50-D Gaussian with equicorrelation 0.9 on scales over 4 decades and a rank-8 metric:
+    QHMC's mass jitter (s = 0.5) applied per coordinate to σ mixes the decorrelated directions
+    (measured 11 effective samples per 1000 gradients, against 130 whitened and 170 for plain
+    HMC); in whitened coordinates it keeps at least a third of plain HMC's efficiency and
+    beats the per-coordinate jitter by 4x or more. Both sample the target."""
+    d, rho = 50, 0.9
+    scales = np.logspace(-2, 2, d)
+    cov = (rho * np.ones((d, d)) + (1 - rho) * np.eye(d)) * np.outer(scales, scales)
+    prec = jnp.asarray(np.linalg.inv(cov))
+    ld = lambda x: -0.5 * x @ prec @ x  # noqa: E731
+    x0 = np.random.default_rng(2).standard_normal((4, d)) @ np.linalg.cholesky(cov).T
+    eff = {}
+    for name, kw in (("plain", dict(log_mass_sd=0.0)), ("coordinates", dict(mass_jitter="coordinates")),
+                     ("whitened", dict(mass_jitter="whitened"))):
+        r = sample(ld, x0, num_warmup=600, num_samples=500, seed=3, progress=False, metric="low_rank",
+                   max_rank=8, **kw)
+        e = np.asarray(ess(r.draws))
+        eff[name] = e.min() / r.num_integration_steps.sum()
+        if name != "coordinates":
+            z = r.draws.reshape(-1, d).mean(0) / (scales / np.sqrt(e))
+            assert np.all(np.abs(z) < 4.5), (name, z)
+    assert eff["whitened"] > 4 * eff["coordinates"] and eff["whitened"] > eff["plain"] / 3, eff

@@ -123,7 +123,63 @@ def init(position, logdensity_fn: Callable) -> QHMCState:
     return hmc.init(position, logdensity_fn)
 
 
-def draw_inverse_mass(rng_key, inverse_mass_center, log_mass_sd, xi_clip: float | None = None):
+def whitened_low_rank_metric(center: metrics.LowRankInverseMassMatrix, inverse_mass_factor) -> metrics.Metric:
+    """The blackjax ``Metric`` of ``M⁻¹ = diag(σ) A diag(f) A diag(σ)`` with
+    ``A = (I + U(Λ - I)Uᵀ)^{1/2} = I + U(√Λ - I)Uᵀ``: a low-rank mass centre
+    ``M_c⁻¹ = diag(σ) A² diag(σ)`` whose inverse mass is multiplied by ``f`` (``(d,)``, > 0) in
+    its own whitened coordinates. With ``f = 1`` it is ``M_c⁻¹``. All operations are ``O(d k)``.
+
+    Momentum ``p = diag(1/σ) B (ε / √f)`` with ``B = A⁻¹ = I + U(Λ^{-1/2} - I)Uᵀ``,
+    ``ε ~ N(0, I)``; velocity ``M⁻¹ p = σ ⊙ A (f ⊙ A (σ ⊙ p))``."""
+    sigma, u, lam = center.sigma, center.U, center.lam
+    f = inverse_mass_factor
+    sqrt_lam = jnp.sqrt(lam)
+
+    def a(v):  # A v
+        return v + u @ ((sqrt_lam - 1.0) * (u.T @ v))
+
+    def b(v):  # A^-1 v
+        return v + u @ ((1.0 / sqrt_lam - 1.0) * (u.T @ v))
+
+    def velocity(p):
+        return sigma * a(f * a(sigma * p))
+
+    def sample_momentum(rng_key, position):
+        flat, unravel = ravel_pytree(position)
+        eps = jax.random.normal(rng_key, flat.shape, flat.dtype)
+        return unravel(b(eps / jnp.sqrt(f)) / sigma)
+
+    def kinetic_energy(momentum, position=None):
+        del position
+        p, _ = ravel_pytree(momentum)
+        w = a(sigma * p)
+        return 0.5 * jnp.dot(w, f * w)
+
+    def check_turning(momentum_left, momentum_right, momentum_sum, position_left=None,
+                      position_right=None):
+        del position_left, position_right
+        m_left, m_right, m_sum = (ravel_pytree(m)[0] for m in (momentum_left, momentum_right, momentum_sum))
+        rho = m_sum - (m_right + m_left) / 2
+        return (jnp.dot(velocity(m_left), rho) <= 0) | (jnp.dot(velocity(m_right), rho) <= 0)
+
+    def scale(position, element, *, inv: bool, trans: bool):
+        del position
+        e, unravel = ravel_pytree(element)
+        if not inv and not trans:  # M^{1/2} = diag(1/σ) B diag(1/√f)
+            out = b(e / jnp.sqrt(f)) / sigma
+        elif not inv and trans:
+            out = b(e / sigma) / jnp.sqrt(f)
+        elif inv and not trans:  # M^{-1/2} = diag(√f) A diag(σ)
+            out = jnp.sqrt(f) * a(sigma * e)
+        else:
+            out = sigma * a(jnp.sqrt(f) * e)
+        return unravel(out)
+
+    return metrics.Metric(sample_momentum, kinetic_energy, check_turning, scale)
+
+
+def draw_inverse_mass(rng_key, inverse_mass_center, log_mass_sd, xi_clip: float | None = None,
+                      whitened: bool = False):
     """Draw ``1/m`` with ``log m = log m_c + s ξ``, ``m_c = 1 / inverse_mass_center``.
 
     ``ξ ~ N(0, I)``, or truncated to ``[-xi_clip, xi_clip]`` when ``xi_clip`` is given.
@@ -136,7 +192,14 @@ def draw_inverse_mass(rng_key, inverse_mass_center, log_mass_sd, xi_clip: float 
     the diagonal scale, ``σ -> σ e^{-sξ/2}``: the drawn inverse mass is
     ``diag(e^{-sξ/2}) M_c^{-1} diag(e^{-sξ/2})`` (still symmetric positive definite, still drawn
     independently of the position), and ``log_mass`` reports its diagonal scale
-    ``sξ - 2 log σ``.
+    ``sξ - 2 log σ``. With ``whitened=True`` the random factor acts in the low-rank centre's
+    own whitened coordinates instead (:func:`whitened_low_rank_metric` with ``f = e^{-sξ}``; a
+    blackjax ``Metric`` is returned): the per-coordinate factor on ``σ`` mixes the directions
+    the low-rank correction decorrelates (each coordinate's share of a strongly correlated
+    direction is rescaled independently), while in whitened coordinates it only rescales
+    independent unit directions. On a 50-dimensional Gaussian with equicorrelation 0.9 (0.98)
+    and a rank-8 metric, ``s = 0.5`` on ``σ`` costs 16x (60x) the gradients per effective
+    sample of ``s = 0``. ``log_mass`` reports ``sξ - 2 log σ`` in both cases.
     """
     if isinstance(inverse_mass_center, metrics.LowRankInverseMassMatrix):
         sigma = jnp.asarray(inverse_mass_center.sigma)
@@ -150,6 +213,9 @@ def draw_inverse_mass(rng_key, inverse_mass_center, log_mass_sd, xi_clip: float 
         xi = jax.random.truncated_normal(rng_key, -xi_clip, xi_clip, shape, dtype)
     scaled = log_mass_sd * xi
     if isinstance(inverse_mass_center, metrics.LowRankInverseMassMatrix):
+        if whitened:
+            drawn = whitened_low_rank_metric(inverse_mass_center, jnp.exp(-scaled))
+            return drawn, scaled - 2.0 * jnp.log(sigma)
         drawn = inverse_mass_center._replace(sigma=sigma * jnp.exp(-0.5 * scaled))
         return drawn, scaled - 2.0 * jnp.log(sigma)
     inverse_mass = inverse_mass_center * jnp.exp(-scaled)
@@ -168,6 +234,7 @@ def build_kernel(
     integrator: Callable = integrators.velocity_verlet,
     divergence_threshold: float = 1000,
     xi_clip: float | None = None,
+    whitened: bool = False,
 ) -> Callable:
     """Build the QHMC transition kernel.
 
@@ -180,6 +247,9 @@ def build_kernel(
     xi_clip
         ``None`` (default): ``ξ ~ N(0, I)`` as in the paper; a positive number truncates ``ξ``
         to ``[-xi_clip, xi_clip]``.
+    whitened
+        With a low-rank centre, draw the mass in the centre's whitened coordinates (see
+        :func:`draw_inverse_mass`); no effect on a diagonal centre.
 
     Returns
     -------
@@ -208,7 +278,8 @@ def build_kernel(
                 f"{metric_dim(inverse_mass_center)}"
             )
         key_mass, key_hmc = jax.random.split(rng_key)
-        inverse_mass, log_mass = draw_inverse_mass(key_mass, inverse_mass_center, log_mass_sd, xi_clip)
+        inverse_mass, log_mass = draw_inverse_mass(
+            key_mass, inverse_mass_center, log_mass_sd, xi_clip, whitened)
         new_state, hmc_info = hmc_kernel(
             key_hmc, state, logdensity_fn, step_size, inverse_mass, num_integration_steps
         )

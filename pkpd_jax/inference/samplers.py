@@ -224,6 +224,12 @@ class QHMCOptions:
         diagonal part (see :func:`pkpd_jax.inference.qhmc.draw_inverse_mass`).
     max_rank, low_rank_gamma, low_rank_cutoff
         Settings of the low-rank estimator (``metric="low_rank"`` only).
+    mass_jitter
+        Where a low-rank centre's random factor acts: ``"whitened"`` (default; in the centre's
+        whitened coordinates, which keeps its decorrelation) or ``"coordinates"`` (on the
+        diagonal scale ``σ``, per parameter; see
+        :func:`pkpd_jax.inference.qhmc.draw_inverse_mass` for the measured cost). The diagonal
+        metric is jittered per coordinate either way.
     """
 
     log_mass_sd: float = 0.5
@@ -242,10 +248,13 @@ class QHMCOptions:
     max_rank: int = 10
     low_rank_gamma: float = 1e-5
     low_rank_cutoff: float = 2.0
+    mass_jitter: str = "whitened"
 
     def __post_init__(self):
         _check(self.log_mass_sd >= 0, "log_mass_sd", ">= 0", self.log_mass_sd)
         _check(self.metric in ("diag", "low_rank"), "metric", "'diag' or 'low_rank'", self.metric)
+        _check(self.mass_jitter in ("whitened", "coordinates"), "mass_jitter",
+               "'whitened' or 'coordinates'", self.mass_jitter)
         _check(self.max_rank >= 1, "max_rank", "an integer >= 1", self.max_rank)
         _check(self.low_rank_gamma > 0, "low_rank_gamma", "> 0", self.low_rank_gamma)
         _check(self.low_rank_cutoff >= 1, "low_rank_cutoff", ">= 1", self.low_rank_cutoff)
@@ -513,7 +522,8 @@ def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size, warmup
 
 
 def _qhmc_transition(logdensity_fn, opts: QHMCOptions, key, shared_key, state, params: _QHMCParams):
-    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
+    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip,
+                               opts.mass_jitter == "whitened")
     # The path-length jitter is drawn from the key shared by all chains: with the shared step
     # size and T every chain makes the same number of leapfrog steps, so vectorised chains do
     # not wait for the longest one (see the module docstring).
@@ -634,7 +644,8 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
     leapfrog steps, the step size used and the mean acceptance probability over chains."""
     num_chains, d = carry.states.position.shape
     dtype = carry.states.position.dtype
-    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip)
+    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip,
+                               opts.mass_jitter == "whitened")
     _, da_update, _ = dual_averaging_adaptation(opts.target_acceptance_rate)
     _, mm_update, _ = mass_matrix_adaptation(is_diagonal_matrix=True)
     as_dtype = partial(jax.tree.map, lambda x: jnp.asarray(x, dtype))
