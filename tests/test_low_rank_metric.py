@@ -164,10 +164,10 @@ def factor_logdensity(x):
 
 
 @functools.cache
-def _factor_run(metric: str):
+def _factor_run(metric: str, mass_jitter: str = "whitened"):
     x0 = FMU + 0.1 * np.random.default_rng(1).standard_normal((4, D))
     return sample(factor_logdensity, x0, num_warmup=500, num_samples=1000, seed=3, progress=False,
-                  metric=metric, max_rank=8)
+                  metric=metric, max_rank=8, mass_jitter=mass_jitter)
 
 
 def test_low_rank_warmup_recovers_moments_with_fewer_gradients():
@@ -193,6 +193,8 @@ def test_low_rank_options_are_checked():
         samplers.QHMCOptions(metric="dense")
     with pytest.raises(ValueError, match="max_rank"):
         samplers.QHMCOptions(max_rank=0)
+    with pytest.raises(ValueError, match="mass_jitter"):
+        samplers.QHMCOptions(mass_jitter="diagonal")
 
 
 _SHARDED_SCRIPT = r"""
@@ -212,6 +214,7 @@ print(json.dumps({"ratio": (r.inverse_mass_matrix[0] / T.FSD**2).tolist(),
 """
 
 
+@pytest.mark.slow  # a second process compiles everything again (~35 s); test_sharding covers chain splits
 def test_low_rank_warmup_with_chains_split_over_two_devices():
     """Split over 2 host devices (each running half of the chains' transitions), the warm-up
     pools the chains' draws into one estimate of the same quality as on one device."""
@@ -258,25 +261,15 @@ def test_low_rank_estimate_needs_twice_the_dimension_in_draws():
 
 
 def test_whitened_mass_jitter_keeps_the_low_rank_decorrelation():
-    """A 50-D Gaussian with equicorrelation 0.9 on scales over 4 decades and a rank-8 metric:
-    QHMC's mass jitter (s = 0.5) applied per coordinate to σ mixes the decorrelated directions
-    (measured 11 effective samples per 1000 gradients, against 130 whitened and 170 for plain
-    HMC); in whitened coordinates it keeps at least a third of plain HMC's efficiency and
-    beats the per-coordinate jitter by 4x or more. Both sample the target."""
-    d, rho = 50, 0.9
-    scales = np.logspace(-2, 2, d)
-    cov = (rho * np.ones((d, d)) + (1 - rho) * np.eye(d)) * np.outer(scales, scales)
-    prec = jnp.asarray(np.linalg.inv(cov))
-    ld = lambda x: -0.5 * x @ prec @ x  # noqa: E731
-    x0 = np.random.default_rng(2).standard_normal((4, d)) @ np.linalg.cholesky(cov).T
-    eff = {}
-    for name, kw in (("plain", dict(log_mass_sd=0.0)), ("coordinates", dict(mass_jitter="coordinates")),
-                     ("whitened", dict(mass_jitter="whitened"))):
-        r = sample(ld, x0, num_warmup=600, num_samples=500, seed=3, progress=False, metric="low_rank",
-                   max_rank=8, **kw)
-        e = np.asarray(ess(r.draws))
-        eff[name] = e.min() / r.num_integration_steps.sum()
-        if name != "coordinates":
-            z = r.draws.reshape(-1, d).mean(0) / (scales / np.sqrt(e))
-            assert np.all(np.abs(z) < 4.5), (name, z)
-    assert eff["whitened"] > 4 * eff["coordinates"] and eff["whitened"] > eff["plain"] / 3, eff
+    """On the factor Gaussian: QHMC's mass jitter (s = 0.5) applied per coordinate to σ mixes
+    the directions the low-rank metric decorrelates; in the metric's whitened coordinates (the
+    default) it does not: measured 169 against 50 effective samples per 1000 gradients (held
+    to 2x here). Both sample the target."""
+    white, coord = _factor_run("low_rank"), _factor_run("low_rank", "coordinates")
+    per_grad = []
+    for r in (white, coord):
+        n_eff = ess(r.draws)
+        z = ((r.draws - FMU) / FSD).mean(axis=(0, 1))
+        assert np.all(np.abs(z) < 4 / np.sqrt(n_eff)), z
+        per_grad.append(np.min(n_eff) / r.num_integration_steps.sum())
+    assert per_grad[0] > 2 * per_grad[1], per_grad
