@@ -82,6 +82,9 @@ def test_fit_writes_every_output(fitted):
     assert isinstance(summary["divergences"], int)
     assert summary["wall_s"] > 0
     assert summary["chains"] == 2 and summary["draws_per_chain"] == 30
+    steps = np.asarray(fr.result.num_integration_steps)
+    assert summary["leapfrog_steps_per_draw"] == pytest.approx(steps.mean()) and steps.min() >= 1
+    assert summary["warmup_leapfrog_steps"] == int(np.sum(fr.result.warmup_steps)) >= 40  # 40 warm-up its
 
 
 def test_summary_agrees_with_draws(fitted):

@@ -84,6 +84,10 @@ def _summary_json(fr: FitResult, extra: dict) -> dict:
         "seed": r.seed,
         "divergences": divergences(r),
         "mean_acceptance": float(np.mean(r.acceptance)) if r.acceptance.size else float("nan"),
+        # gradients spent: leapfrog steps per kept draw (sampling), and in all of the warm-up
+        "leapfrog_steps_per_draw": float(np.mean(r.num_integration_steps)) if r.num_integration_steps.size
+        else float("nan"),
+        "warmup_leapfrog_steps": None if r.warmup_steps is None else int(np.sum(r.warmup_steps)),
         "step_size": np.asarray(r.step_size).tolist(),
         "wall_s": r.wall_s,
         "warmup_s": r.warmup_s,

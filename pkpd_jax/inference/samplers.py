@@ -58,6 +58,10 @@ Samplers
       position-independent mass distribution does). On the benchmark targets (correlated
       Gaussian, mild funnel) the mass jitter neither helps nor hurts ESS per gradient much
       compared with ``log_mass_sd=0`` (jittered HMC); it is meant for multi-scale posteriors.
+      With a low-rank centre the jitter acts in the centre's whitened coordinates
+      (``mass_jitter="whitened"``): per coordinate on its diagonal scale, it undid the
+      decorrelation the low-rank part buys (3x to 45x fewer effective samples per gradient on
+      strongly correlated Gaussians, see :func:`pkpd_jax.inference.qhmc.draw_inverse_mass`).
 
     Sampling then uses the final (averaged) step size, mass centre and :math:`T`, fixed.
 
