@@ -7,6 +7,9 @@ default model (pk_2c_iv_infusion + pd_indirect_inhib_kin, covariates BW and COME
 - R-hat < 1.01 for every population parameter and no divergent transition;
 - QHMC and NUTS agree: posterior means within 2 Monte-Carlo standard errors (combined).
 
+``experiments/sampler_agreement.py OUT_DIR`` runs the same comparison with the two fits in two
+processes at once (resumable, writes a table of every parameter's z-score).
+
 Settings come from the environment so that a slow machine can run a shorter version:
 ``PKPD_STUDY_CHAINS`` (4), ``PKPD_STUDY_WARMUP`` (1000), ``PKPD_STUDY_SAMPLES`` (1000).
 """
