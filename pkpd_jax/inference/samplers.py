@@ -841,11 +841,10 @@ def _host_step_size(value_and_grad_fn, opts: QHMCOptions, key, states, inverse_m
     def inv_m(v):  # M^-1 v
         return np.asarray(_inv_mass_times(metric, v))
 
-    def momentum(z):  # M^{1/2} z ~ N(0, M)
-        if isinstance(metric, LowRankInverseMassMatrix):
-            z = z + ((z @ metric.U) * (metric.lam**-0.5 - 1.0)) @ metric.U.T
-            return z / metric.sigma
-        return z / np.sqrt(metric)
+    half_mass = blackjax.mcmc.metrics.default_metric(jax.tree.map(jnp.asarray, metric)).scale
+
+    def momentum(z):  # M^{1/2} z ~ N(0, M), blackjax's own factor (diagonal or low-rank)
+        return np.stack([np.asarray(half_mass(None, jnp.asarray(zc), inv=False, trans=False)) for zc in z])
 
     def acceptance(eps, i):
         p = momentum(np.random.default_rng([*seed, i]).standard_normal(x0.shape))
