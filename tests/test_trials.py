@@ -258,6 +258,21 @@ def test_coverage_monotone_and_scenarios_shift_doses():
     assert out["study"].answer(0.75)["dose"] < d_study
 
 
+
+def test_dose_search_curves_do_not_depend_on_call_width():
+    """Wide calls (the default) and one 8-dose call at a time give the same grid, cut at the same
+    multiple of 8 doses by the stop rule, and the same coverage curves."""
+    post = Posterior.from_truth(TRUTH, n_study=2000)
+    theta, _ = virtual_parameters(post, CovariateDistribution(), 128, jax.random.key(3))
+    theta = np.broadcast_to(np.asarray(theta), (3, *np.asarray(theta).shape[1:]))  # 3 "draws"
+    narrow = search_doses(post, "weekly", theta=theta, doses_per_call=8)
+    for width in (32, 12):
+        wide = search_doses(post, "weekly", theta=theta, doses_per_call=width)
+        np.testing.assert_array_equal(wide.grid, narrow.grid)
+        np.testing.assert_array_equal(wide.coverage, narrow.coverage)
+    assert narrow.grid.size % 8 == 0 and narrow.grid.size > 8  # cut inside a wide call
+    assert np.median(narrow.coverage, axis=0)[-1] >= 0.9 > np.median(narrow.coverage, axis=0)[-9]
+
 def test_answer_questions_writes_curves(fit_dir, tmp_path):
     answers = answer_questions(fit_dir, n_virtual=64, n_draws=4, seed=0, progress=False, out_dir=tmp_path)
     assert sorted(answers) == sorted(KEYS)
