@@ -925,6 +925,13 @@ def test_curvature_matrix_matches_second_differences(tiny):
         mixed = -(f(x + ei + ej) - f(x + ei - ej) - f(x - ei + ej) + f(x - ei - ej)) / (4 * step**2)
         np.testing.assert_allclose(hess[i, j], mixed, rtol=5e-3, atol=2e-3)
     assert np.abs(hess[0, eta0]) > 1e-3  # a coupling the diagonal metric ignores
+    # the sparse default (one gradient per population coordinate and per random effect) against
+    # every coordinate moved on its own; two subjects' random effects do not interact
+    dense = curvature_matrix(pm, x, sparse=False)
+    eta = np.flatnonzero(pm.block_mask("eta")).reshape(pm.n_subjects, -1)
+    np.testing.assert_allclose(hess, dense, rtol=1e-4, atol=1e-4 * np.abs(dense).max())
+    other = np.ix_(eta[0], eta[1:].ravel())
+    assert np.all(hess[other] == 0) and np.abs(dense[other]).max() < 1e-6 * np.abs(dense).max()
 
 
 def test_starting_points_scale_the_jitter_by_the_curvature(tiny):

@@ -1337,13 +1337,21 @@ def fit_map(
     return best_x
 
 
-def curvature_matrix(pm: PopulationModel, position: Array, *, rel_step: float = 1e-5) -> np.ndarray:
+def curvature_matrix(pm: PopulationModel, position: Array, *, rel_step: float = 1e-5,
+                     sparse: bool = True) -> np.ndarray:
     """Negative Hessian ``(dim, dim)`` of the log-density at `position`, by forward differences
-    of the gradient (``dim + 1`` gradient evaluations), symmetrised:
-    ``H_ij ≈ -(∂_j log p(x + h_i e_i) - ∂_j log p(x)) / h_i`` with ``h_i = rel_step·max(1, |x_i|)``.
-    Uses the model's own compiled ``value_and_grad`` (the one the MAP uses) one coordinate at a
-    time: as fast as a vmapped batch of gradients on a CPU, without compiling another program.
-    Non-finite entries are returned as NaN (the caller decides).
+    of the gradient, symmetrised: ``H_ij ≈ -(∂_j log p(x + h_i e_i) - ∂_j log p(x)) / h_i`` with
+    ``h_i = rel_step·max(1, |x_i|)``. Uses the model's own compiled ``value_and_grad`` (the one
+    the MAP uses), without compiling another program.
+
+    Subject i's terms depend on its own random effects and the population values only, so the
+    Hessian has no entries between two subjects' random effects. With `sparse` (default) that
+    structure is used: one gradient per population coordinate (its whole row), and one per random
+    effect *k*, moving the k-th random effect of every subject at once (each subject's difference
+    is its own column of its block): ``1 + n_pop + n_random_effects`` gradients instead of
+    ``dim + 1`` (29 instead of 358 on the bundled study). The population-by-random-effect entries
+    come from the population rows. ``sparse=False`` moves every coordinate on its own (the
+    check). Non-finite entries are returned as NaN (the caller decides).
 
     Measured on the bundled example study (centred, at the MAP of the starting points, against
     the covariance of a converged 4 x 1000 fit; smaller is better, 1 is perfect): the square
@@ -1359,12 +1367,26 @@ def curvature_matrix(pm: PopulationModel, position: Array, *, rel_step: float = 
     h = rel_step * np.maximum(1.0, np.abs(x))
     _, g0 = pm.value_and_grad(jnp.asarray(x))
     g0 = np.asarray(g0)
-    rows = np.empty((d, d))
-    for i in range(d):
+
+    def minus_diff(moved):  # -(∇ log p(x + h on `moved`) - ∇ log p(x))
         xi = x.copy()
-        xi[i] += h[i]
-        rows[i] = np.asarray(pm.value_and_grad(jnp.asarray(xi))[1])
-    hess = -(rows - g0[None, :]) / h[:, None]
+        xi[moved] += h[moved]
+        return -(np.asarray(pm.value_and_grad(jnp.asarray(xi))[1]) - g0)
+
+    n_re = len(pm.bsv_params)
+    eta = np.flatnonzero(pm.block_mask("eta")).reshape(pm.n_subjects, n_re) if sparse and n_re else None
+    if eta is None:
+        hess = np.stack([minus_diff(np.array([i])) / h[i] for i in range(d)])
+    else:
+        pop = np.setdiff1d(np.arange(d), eta.ravel())
+        hess = np.zeros((d, d))
+        for i in pop:  # whole rows, the random effects' columns included
+            hess[i] = minus_diff(np.array([i])) / h[i]
+        hess[np.ix_(eta.ravel(), pop)] = hess[np.ix_(pop, eta.ravel())].T
+        for k in range(n_re):  # the k-th random effect of every subject at once
+            col = eta[:, k]
+            diff = minus_diff(col)
+            hess[col[:, None], eta] = diff[eta] / h[col][:, None]
     hess = 0.5 * (hess + hess.T)
     return np.where(np.isfinite(hess), hess, np.nan)
 
