@@ -198,7 +198,7 @@ def test_thinning_keeps_every_thin_th_iteration(sampler):
     assert thin.draws.shape == (4, 100, 4) and thin.thin == 3
     for a in (thin.logdensity, thin.divergent, thin.acceptance, thin.energy):
         assert a.shape == (4, 100)
-    # iteration i uses the key fold_in(key, i): the kept draws are iterations 2, 5, 8, ...
+    # iteration i uses the i-th sampling key whatever the thinning: the kept draws are 2, 5, 8, ...
     np.testing.assert_array_equal(thin.draws, full.draws[:, 2::3])
     np.testing.assert_array_equal(thin.energy, full.energy[:, 2::3])
     blocks = (4, 100, 3)
@@ -210,16 +210,16 @@ def test_thinning_keeps_every_thin_th_iteration(sampler):
 
 
 def test_keyboard_interrupt_returns_draws_so_far(monkeypatch):
-    real = samplers._run_chunk
+    real = samplers._qhmc_chunk_jit
     calls = []
 
-    def interrupted_on_third_chunk(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
+    def interrupted_on_third_sampling_chunk(fn, opts, carry, keys, stage, valid):
+        calls.append(bool(np.all(np.asarray(stage) == samplers._SAMPLING_STAGE)))
+        if sum(calls) == 3:
             raise KeyboardInterrupt
-        return real(*args, **kwargs)
+        return real(fn, opts, carry, keys, stage, valid)
 
-    monkeypatch.setattr(samplers, "_run_chunk", interrupted_on_third_chunk)
+    monkeypatch.setattr(samplers, "_qhmc_chunk_jit", interrupted_on_third_sampling_chunk)
     r = sample(gaussian_logdensity, X0, sampler="qhmc", seed=0, chunk=100, **RUN)
     assert r.interrupted and r.draws.shape == (4, 200, 4) and r.energy.shape == (4, 200)
     np.testing.assert_array_equal(r.draws, _run("gaussian", "qhmc", 0).draws[:, :200])
@@ -356,29 +356,30 @@ def test_qhmc_warmup_in_slices_equals_one_pass_and_caps_the_path_length():
 _gaussian_vg = jax.jit(jax.value_and_grad(gaussian_logdensity))
 
 
-def test_sampling_calls_of_equal_size_keep_the_draws():
-    """150 draws in calls of at most 100 run as two calls of 75 (one sampling program), and the
-    draws are those of one call of 150 (iteration i uses the key fold_in(key, i))."""
+def test_qhmc_sampling_reuses_the_warmup_program_and_ignores_the_chunk():
+    """QHMC samples with the warm-up's compiled chunk program (the sampling program of NUTS is
+    never called), and the draws do not depend on the iterations per call (iteration i uses the
+    i-th key of the sampling key's split)."""
     run = dict(sampler="qhmc", seed=4, num_warmup=200, num_samples=150, progress=False)
-    calls = []
     real = samplers._run_chunk
 
-    def counting(*args, **kwargs):
-        calls.append(args[2])  # num_draws of the call
-        return real(*args, **kwargs)
+    def not_for_qhmc(*args, **kwargs):
+        raise AssertionError("QHMC must not compile a sampling program of its own")
 
-    a = sample(gaussian_logdensity, X0, chunk=150, **run)
-    samplers._run_chunk = counting
+    samplers._run_chunk = not_for_qhmc
     try:
+        before = samplers._qhmc_chunk_jit._cache_size()
+        a = sample(gaussian_logdensity, X0, chunk=150, **run)
+        assert samplers._qhmc_chunk_jit._cache_size() == before + 1  # warm-up and sampling
         b = sample(gaussian_logdensity, X0, chunk=100, **run)
-        c = sample(gaussian_logdensity, X0, chunk=40, **run)  # 4 calls of 38: 2 surplus draws
+        c = sample(gaussian_logdensity, X0, chunk=40, **run)
     finally:
         samplers._run_chunk = real
-    assert calls == [75, 75, 38, 38, 38, 38]
     for r in (b, c):
         assert r.draws.shape == (4, 150, 4)
         np.testing.assert_array_equal(r.draws, a.draws)
         np.testing.assert_array_equal(r.num_integration_steps, a.num_integration_steps)
+        np.testing.assert_array_equal(r.energy, a.energy)
 
 
 def test_host_step_size_search_is_scale_free_and_agrees_with_the_compiled_one():
