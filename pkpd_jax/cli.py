@@ -204,9 +204,13 @@ def validate(
     typer.echo(str(run_validate(file)))
 
 
-#: Settings of `pkpd-jax run` (full / `--fast`).
+#: Settings of `pkpd-jax run` (full / `--fast`). The full run keeps 4 x 600 draws after 600
+#: warm-up iterations: the dose answers use 100 of them, and on the example study (seed 0) the
+#: 600-iteration warm-up ends with the low-rank metric of a 1000-iteration one (11.5 leapfrog
+#: steps per draw, R-hat <= 1.003, no divergence, smallest bulk / tail ESS 673 / 605 per 4000
+#: draws); `pkpd-jax fit` keeps 1000 + 1000 by default, and --warmup / --samples override both.
 RUN_SETTINGS = {
-    "full": dict(chains=4, warmup=1000, samples=1000, metric="low_rank", n_virtual=1000, n_draws=100,
+    "full": dict(chains=4, warmup=600, samples=600, metric="low_rank", n_virtual=1000, n_draws=100,
                  qkernel_n=2000),
     "fast": dict(chains=2, warmup=200, samples=150, metric="low_rank", n_virtual=300, n_draws=40,
                  qkernel_n=500),
@@ -240,6 +244,13 @@ def run(
                      "covariates (trained on the fit's posterior) instead of the fitted covariate "
                      "equations."),
     ] = False,
+    chains: Annotated[int | None, typer.Option(help="Chains (default: 4; 2 with --fast).")] = None,
+    warmup: Annotated[
+        int | None, typer.Option(help="Warm-up iterations per chain (default: 600; 200 with --fast).")
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help="Kept draws per chain (default: 600; 150 with --fast).")
+    ] = None,
 ):
     """The whole pipeline: validate, select the model, fit, in-silico trials, report.
 
@@ -262,7 +273,12 @@ def run(
     check_trial_inputs(threshold=threshold, targets=(0.9, 0.75))  # before hours of work, not after
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"no data file {data}")
-    settings = RUN_SETTINGS["fast" if fast else "full"]
+    settings = dict(RUN_SETTINGS["fast" if fast else "full"])
+    for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples)):
+        if value is not None:
+            if value < (0 if name == "warmup" else 1):
+                raise ValueError(f"--{name} must be >= {0 if name == 'warmup' else 1}; got {value}.")
+            settings[name] = value
     source = data if data is not None else example_paths()[0]
     truth = example_paths()[1] if data is None else None
     out.mkdir(parents=True, exist_ok=True)

@@ -146,6 +146,8 @@ def test_run_rejects_bad_input_before_any_work(tmp_path: Path):
     assert res.returncode == 1 and "threshold must be" in res.stderr and "Traceback" not in res.stderr
     res = cli("run", "--out", str(tmp_path), "--data", str(tmp_path / "missing.csv"))
     assert res.returncode == 1 and "missing.csv" in res.stderr
+    res = cli("run", "--out", str(tmp_path), "--samples", "0")
+    assert res.returncode == 1 and "--samples must be >= 1" in res.stderr
     assert not (tmp_path / "fit").exists()
 
 
