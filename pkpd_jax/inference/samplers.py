@@ -1155,9 +1155,9 @@ def sample(
     progress
         Show a ``rich`` progress bar.
     chunk
-        Iterations per jitted call between progress updates (at most ``max(1, chunk // thin)``
-        draws, in calls of equal size;
-        QHMC's warm-up also advances in slices of ``chunk`` iterations).
+        Iterations per jitted call between progress updates. QHMC: warm-up slices and sampling
+        calls of ``chunk`` iterations (one compiled program for both); NUTS: at most
+        ``max(1, chunk // thin)`` draws per sampling call, in calls of equal size.
     inverse_mass_init
         QHMC only: ``(dim,)`` diagonal inverse mass for the first (fast) warm-up window, e.g.
         the inverse curvature of the log density at its mode; ones when ``None``. A good start
