@@ -53,8 +53,20 @@ def one_run(setting: str, cache: Path, extra: list[str]) -> dict:
     timings = json.loads((out / "timings.json").read_text())
     answers = json.loads((out / "answers.json").read_text())
     selection = json.loads((out / "model_selection.json").read_text())
+    summary = json.loads((out / "fit" / "summary.json").read_text())
+    params = summary["params"].values()
+    fit = {
+        "chains": summary["chains"],
+        "warmup": summary["warmup"],
+        "draws_per_chain": summary["draws_per_chain"],
+        "divergences": summary["divergences"],
+        "max_rhat": max(p["rhat"] for p in params),
+        "min_ess_bulk": min(p["ess_bulk"] for p in params),
+        "min_ess_tail": min(p.get("ess_tail", float("inf")) for p in params),
+        "leapfrog_steps_per_draw": summary.get("leapfrog_steps_per_draw"),
+    }
     shutil.rmtree(out, ignore_errors=True)
-    return {"setting": setting, "wall_s": wall, "timings": timings, "answers": answers,
+    return {"setting": setting, "wall_s": wall, "timings": timings, "answers": answers, "fit": fit,
             "model": f"{selection['pk']} + {selection['pd']}", "loadavg_end": list(os.getloadavg())}
 
 
@@ -114,15 +126,20 @@ def main(argv=None) -> None:
         "empty compilation cache (a first run), *warm*: the cache of the previous run (a second run "
         "of the same study). Targets on 2 CPU cores: full <= 600 s, `--fast` <= 180 s.",
         "",
-        "| setting | cache | model | wall s (process) | " + " | ".join(stages) + " | truth in 90% interval |",
-        "|---|---|---|---:|" + "---:|" * len(stages) + "---|",
+        "| setting | cache | model | wall s (process) | " + " | ".join(stages)
+        + " | truth in 90% interval | fit (chains × warm-up + draws) | max R-hat | min bulk / tail ESS "
+        "| divergences |",
+        "|---|---|---|---:|" + "---:|" * len(stages) + "---|---|---:|---:|---:|",
     ]
     for r in runs:
         hit = r.get("truth_in_interval")
         lines.append(
             f"| {r['setting']} | {r['cache']} | {r['model']} | {r['wall_s']:.0f} | "
             + " | ".join(f"{r['timings'].get(s, float('nan')):.0f}" for s in stages)
-            + f" | {'' if hit is None else f'{sum(hit.values())}/{len(hit)}'} |"
+            + f" | {'' if hit is None else f'{sum(hit.values())}/{len(hit)}'} | "
+            + (f"{f['chains']} × {f['warmup']} + {f['draws_per_chain']} | {f['max_rhat']:.3f} | "
+               f"{f['min_ess_bulk']:.0f} / {f['min_ess_tail']:.0f} | {f['divergences']} |"
+               if (f := r.get("fit")) else " | | | |")
         )
     md = "\n".join(lines) + "\n"
     (args.out / f"{stem}.md").write_text(md)
