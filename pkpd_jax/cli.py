@@ -215,6 +215,23 @@ RUN_SETTINGS = {
     "fast": dict(chains=2, warmup=200, samples=150, metric="low_rank", n_virtual=300, n_draws=40,
                  qkernel_n=500),
 }
+_FULL, _FAST = RUN_SETTINGS["full"], RUN_SETTINGS["fast"]
+
+
+def _run_settings(fast: bool, **overrides: int | None) -> dict:
+    """`RUN_SETTINGS` of the full or `--fast` run with the user's ``chains``, ``warmup`` and
+    ``samples`` (``None`` keeps the setting's); raises `ValueError` naming a bad option."""
+    settings = dict(RUN_SETTINGS["fast" if fast else "full"])
+    for name, value in overrides.items():
+        if value is None:
+            continue
+        least = 0 if name == "warmup" else 1
+        if value < least:
+            raise ValueError(f"--{name} must be >= {least}; got {value}.")
+        settings[name] = value
+    return settings
+
+
 #: The settings a reused fit (OUT/fit/run_settings.json) must have been run with.
 FIT_SETTING_KEYS = ("chains", "warmup", "samples", "metric")
 #: The population model fitted by `run` when no selector decides (see model_selection.json).
@@ -244,12 +261,16 @@ def run(
                      "covariates (trained on the fit's posterior) instead of the fitted covariate "
                      "equations."),
     ] = False,
-    chains: Annotated[int | None, typer.Option(help="Chains (default: 4; 2 with --fast).")] = None,
+    chains: Annotated[
+        int | None, typer.Option(help=f"Chains (default: {_FULL['chains']}; {_FAST['chains']} with --fast).")
+    ] = None,
     warmup: Annotated[
-        int | None, typer.Option(help="Warm-up iterations per chain (default: 600; 200 with --fast).")
+        int | None, typer.Option(help=f"Warm-up iterations per chain (default: {_FULL['warmup']}; "
+                                 f"{_FAST['warmup']} with --fast).")
     ] = None,
     samples: Annotated[
-        int | None, typer.Option(help="Kept draws per chain (default: 600; 150 with --fast).")
+        int | None, typer.Option(help=f"Kept draws per chain (default: {_FULL['samples']}; "
+                                 f"{_FAST['samples']} with --fast).")
     ] = None,
 ):
     """The whole pipeline: validate, select the model, fit, in-silico trials, report.
@@ -273,12 +294,7 @@ def run(
     check_trial_inputs(threshold=threshold, targets=(0.9, 0.75))  # before hours of work, not after
     if data is not None and not Path(data).exists():
         raise FileNotFoundError(f"no data file {data}")
-    settings = dict(RUN_SETTINGS["fast" if fast else "full"])
-    for name, value in (("chains", chains), ("warmup", warmup), ("samples", samples)):
-        if value is not None:
-            if value < (0 if name == "warmup" else 1):
-                raise ValueError(f"--{name} must be >= {0 if name == 'warmup' else 1}; got {value}.")
-            settings[name] = value
+    settings = _run_settings(fast, chains=chains, warmup=warmup, samples=samples)
     source = data if data is not None else example_paths()[0]
     truth = example_paths()[1] if data is None else None
     out.mkdir(parents=True, exist_ok=True)

@@ -151,6 +151,19 @@ def test_run_rejects_bad_input_before_any_work(tmp_path: Path):
     assert not (tmp_path / "fit").exists()
 
 
+def test_run_settings_take_the_users_chains_warmup_and_samples():
+    from pkpd_jax.cli import RUN_SETTINGS, _run_settings
+
+    assert _run_settings(False) == RUN_SETTINGS["full"]
+    got = _run_settings(True, chains=3, warmup=0, samples=None)
+    assert got == {**RUN_SETTINGS["fast"], "chains": 3, "warmup": 0}
+    assert RUN_SETTINGS["fast"]["warmup"] == 200  # the table itself is not changed
+    with pytest.raises(ValueError, match="--chains must be >= 1; got 0"):
+        _run_settings(False, chains=0)
+    with pytest.raises(ValueError, match="--warmup must be >= 0; got -1"):
+        _run_settings(False, warmup=-1)
+
+
 @pytest.mark.slow
 def test_run_fast_answers_the_dose_questions_on_the_bundled_study(tmp_path: Path):
     """The whole pipeline (`run --fast`): data summary, fit, trials, report; every answer present."""

@@ -531,19 +531,6 @@ def _qhmc_num_steps(key, opts: QHMCOptions, trajectory_length, step_size, warmup
     return jnp.clip(n, 1, cap).astype(jnp.int32)
 
 
-def _qhmc_transition(logdensity_fn, opts: QHMCOptions, key, shared_key, state, params: _QHMCParams):
-    kernel = qhmc.build_kernel(opts.integrator, opts.divergence_threshold, opts.xi_clip,
-                               opts.mass_jitter == "whitened")
-    # The path-length jitter is drawn from the key shared by all chains: with the shared step
-    # size and T every chain makes the same number of leapfrog steps, so vectorised chains do
-    # not wait for the longest one (see the module docstring).
-    n = _qhmc_num_steps(shared_key, opts, params.trajectory_length, params.step_size)
-    state, info = kernel(
-        key, state, logdensity_fn, params.step_size, params.inverse_mass, opts.log_mass_sd, n
-    )
-    return state, (info.acceptance_rate, info.is_divergent, info.energy, n)
-
-
 def _qhmc_broadcast(num_chains, d, step_size, inverse_mass, trajectory_length) -> _QHMCParams:
     del d
     return _QHMCParams(
@@ -679,7 +666,10 @@ def _qhmc_warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: _QHMCWarmup, key
         key_chains, key_steps = jax.random.split(key)
         keys = jax.random.split(key_chains, num_chains)
         sampling = stage == _SAMPLING_STAGE
-        n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size, warmup=~sampling)  # all chains
+        # The path-length jitter is drawn from a key shared by all chains: with the shared step
+        # size and T every chain makes the same number of leapfrog steps, so vectorised chains
+        # do not wait for the longest one (see the module docstring).
+        n = _qhmc_num_steps(key_steps, opts, c.trajectory_length, c.step_size, warmup=~sampling)
         step_size = c.step_size
         states, (acc, div, energy) = chain_steps(keys, c.states, c.step_size, c.inverse_mass, n)
         da = jax.tree.map(partial(jnp.where, sampling), c.da, da_update(c.da, jnp.mean(acc)))
@@ -783,9 +773,6 @@ def _nuts_warmup(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, positio
     keys = jax.random.split(key, positions.shape[0])
     one = partial(_nuts_warmup_one, logdensity_fn, opts, num_warmup)
     return _chain_map(logdensity_fn, one, (0, 0))(keys, positions)
-
-
-_TRANSITION = {QHMCOptions: _qhmc_transition, NUTSOptions: _nuts_transition}
 
 
 # --------------------------------------------------------------------------- jitted entry points
@@ -993,12 +980,13 @@ def _qhmc_sample_driver(fn, opts, carry: _QHMCWarmup, params: _QHMCParams, key, 
 
 @partial(jax.jit, static_argnames=("logdensity_fn", "opts", "num_draws", "thin"))
 def _run_chunk(logdensity_fn, opts, num_draws: int, thin: int, states, params, key, start):
-    """``num_draws`` kept draws (``num_draws * thin`` iterations) from iteration ``start`` on.
+    """NUTS: ``num_draws`` kept draws (``num_draws * thin`` iterations) from iteration ``start``
+    on (QHMC samples with its warm-up's program, :func:`_qhmc_sample_driver`).
 
     Returns the new states and ``(position, logdensity, divergent, acceptance, energy,
     num_integration_steps)`` with leading axes ``(num_draws, chains)``.
     """
-    transition = partial(_TRANSITION[type(opts)], logdensity_fn, opts)
+    transition = partial(_nuts_transition, logdensity_fn, opts)
     num_chains = jax.tree.leaves(states)[0].shape[0]
     transitions = _chain_map(logdensity_fn, transition, (0, None, 0, 0))
 
@@ -1219,10 +1207,6 @@ def sample(
         )
 
     key_warmup, key_sample = jax.random.split(jax.random.PRNGKey(seed))
-    # Equal calls (the last one's surplus draws discarded): a shorter last call would compile
-    # the sampling program a second time (~15 s for a population model) to save a few draws.
-    n_calls = -(-num_samples // max(1, chunk // thin))
-    draws_per_call = -(-num_samples // n_calls)
     outs: list[tuple[np.ndarray, ...]] = []
     interrupted = False
     states = params = None
@@ -1263,15 +1247,20 @@ def sample(
 
                 _qhmc_sample_driver(fn, opts, carry, params, key_sample, num_samples, thin, chunk,
                                     on_draws, outs)
-            done = 0
-            while sampler != "qhmc" and done < num_samples:
-                n = min(draws_per_call, num_samples - done)
-                states, out = _run_chunk(
-                    fn, opts, draws_per_call, thin, states, params, key_sample, done * thin)
-                outs.append(tuple(np.asarray(o)[:n] for o in out))
-                done += n
-                if bar is not None:
-                    bar.update(task_s, advance=n)
+            else:
+                # Equal calls (the last one's surplus draws discarded): a shorter last call would
+                # compile the sampling program a second time to save a few draws.
+                n_calls = -(-num_samples // max(1, chunk // thin))
+                draws_per_call = -(-num_samples // n_calls)
+                done = 0
+                while done < num_samples:
+                    n = min(draws_per_call, num_samples - done)
+                    states, out = _run_chunk(
+                        fn, opts, draws_per_call, thin, states, params, key_sample, done * thin)
+                    outs.append(tuple(np.asarray(o)[:n] for o in out))
+                    done += n
+                    if bar is not None:
+                        bar.update(task_s, advance=n)
         except KeyboardInterrupt:
             interrupted = True
             if params is None:

@@ -273,6 +273,10 @@ def search_doses(
     max_dose = spec.step * 400 if max_dose is None else float(max_dose)
     if not max_dose >= spec.step:
         raise ValueError(f"`max_dose` must be at least one grid step ({spec.step:g} mg); got {max_dose:g}.")
+    if int(doses_per_call) < 1 or int(dose_chunk) < 1:
+        raise ValueError(
+            f"`doses_per_call` and `dose_chunk` must be >= 1; got {doses_per_call} and {dose_chunk}."
+        )
     t0 = time.perf_counter()
     if theta is None:
         theta, _ = virtual_parameters(
@@ -297,7 +301,7 @@ def search_doses(
         bar.start()
     try:
         k = 0
-        width = max(int(doses_per_call), 1)
+        width = int(doses_per_call)
         while k < n_max:
             ks = np.arange(k + 1, min(k + width, n_max) + 1)
             # keep the compiled shape: a short last call is padded with its last dose
