@@ -880,6 +880,17 @@ def _longest_slow_window(schedule: np.ndarray) -> int:
             run = 0
     return longest
 _qhmc_chunk_jit = jax.jit(_qhmc_warmup_chunk, static_argnames=("logdensity_fn", "opts"))
+
+
+def _on_host(carry):
+    """The warm-up carry as host (numpy) arrays, the form every chunk call receives it in.
+    The carry comes back from the initial, chunk, window-end and low-rank programs with
+    different placements (uncommitted, replicated, or sharded over the chains' devices); jit
+    keys its compiled programs on the arguments' shardings, so without this the chunk program,
+    the largest of a fit, was compiled again after the first chunk and after the first low-rank
+    estimate (2-3 compilations of ~15 s each on the example study, chains split over 2 CPU
+    devices). The carry is small (the low-rank buffers are at most a few MB)."""
+    return jax.tree.map(np.asarray, carry)
 _qhmc_end_jit = jax.jit(_qhmc_end_window, static_argnames=("opts",))
 _qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
@@ -922,7 +933,7 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
             stop = min(pos + chunk, num_warmup, int(later[0]) + 1 if later.size else num_warmup)
             sl = slice(pos, pos + chunk)
             valid = np.arange(pos, pos + chunk) < stop
-            carry, st = _qhmc_chunk_jit(fn, opts, carry, keys[sl], stage[sl], valid)
+            carry, st = _qhmc_chunk_jit(fn, opts, _on_host(carry), keys[sl], stage[sl], valid)
             if later.size and stop == int(later[0]) + 1:
                 low_rank = None
                 if opts.metric == "low_rank":  # the window's valid rows (a number known here)
@@ -930,7 +941,7 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
                     buf_x, buf_g = np.asarray(carry.buf_x)[:rows], np.asarray(carry.buf_g)[:rows]
                     low_rank = (_low_rank_jit(opts, buf_x, buf_g, carry.inverse_mass) if rows >= 2
                                 else carry.inverse_mass)
-                carry = _qhmc_end_jit(opts, jax.tree.map(np.asarray, carry), low_rank)  # via the host
+                carry = _qhmc_end_jit(opts, _on_host(carry), low_rank)
             stats.append(tuple(np.asarray(a)[: stop - pos] for a in st[:3]))
             pos = stop
             on_chunk(pos, stats[-1])
@@ -961,7 +972,7 @@ def _qhmc_sample_driver(fn, opts, carry: _QHMCWarmup, params: _QHMCParams, key, 
     pending: list[tuple[np.ndarray, ...]] = []  # iterations of a thinning group not yet complete
     for pos in range(0, n_iter, chunk):
         valid = np.arange(pos, pos + chunk) < n_iter
-        carry, st = _qhmc_chunk_jit(fn, opts, carry, keys[pos : pos + chunk], stage, valid)
+        carry, st = _qhmc_chunk_jit(fn, opts, _on_host(carry), keys[pos : pos + chunk], stage, valid)
         k = int(valid.sum())
         steps = np.broadcast_to(np.asarray(st[0])[:k, None], (k, num_chains))
         pending.append((*(np.asarray(a)[:k] for a in st[3:]), steps))
