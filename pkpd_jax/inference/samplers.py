@@ -882,15 +882,33 @@ def _longest_slow_window(schedule: np.ndarray) -> int:
 _qhmc_chunk_jit = jax.jit(_qhmc_warmup_chunk, static_argnames=("logdensity_fn", "opts"))
 
 
-def _on_host(carry):
-    """The warm-up carry as host (numpy) arrays, the form every chunk call receives it in.
+def _placed(carry: _QHMCWarmup, shards: int) -> _QHMCWarmup:
+    """The warm-up carry in the placement every chunk call receives it in: with the chains on
+    several devices, the chain states split over them and everything else replicated (the
+    layout the chunk program returns); on one device, host arrays.
     The carry comes back from the initial, chunk, window-end and low-rank programs with
-    different placements (uncommitted, replicated, or sharded over the chains' devices); jit
-    keys its compiled programs on the arguments' shardings, so without this the chunk program,
-    the largest of a fit, was compiled again after the first chunk and after the first low-rank
-    estimate (2-3 compilations of ~15 s each on the example study, chains split over 2 CPU
-    devices). The carry is small (the low-rank buffers are at most a few MB)."""
-    return jax.tree.map(np.asarray, carry)
+    different placements; jit keys its compiled programs on the arguments' shardings, so
+    without this the chunk program, the largest of a fit, was compiled again after the first
+    chunk and after the first low-rank estimate (2-3 compilations of ~15 s each on the example
+    study, chains split over 2 CPU devices; each recompilation mostly overlapped the previous
+    chunk's execution, so this saves CPU time more than wall time on a 2-core host)."""
+    carry = jax.tree.map(np.asarray, carry)  # (also drops weak types: one signature)
+    if shards <= 1:
+        return carry
+    chains, rest = _carry_shardings(shards)
+    return carry._replace(
+        states=jax.device_put(carry.states, chains),
+        **{f: jax.device_put(getattr(carry, f), rest) for f in carry._fields if f != "states"},
+    )
+
+
+def _carry_shardings(shards: int):
+    """``(chain-split, replicated)`` shardings over the first `shards` devices (the mesh of
+    :func:`_chain_map`)."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    mesh = Mesh(np.asarray(jax.devices()[:shards]), ("chains",))
+    return NamedSharding(mesh, P("chains")), NamedSharding(mesh, P())
 _qhmc_end_jit = jax.jit(_qhmc_end_window, static_argnames=("opts",))
 _qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
@@ -933,7 +951,7 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
             stop = min(pos + chunk, num_warmup, int(later[0]) + 1 if later.size else num_warmup)
             sl = slice(pos, pos + chunk)
             valid = np.arange(pos, pos + chunk) < stop
-            carry, st = _qhmc_chunk_jit(fn, opts, _on_host(carry), keys[sl], stage[sl], valid)
+            carry, st = _qhmc_chunk_jit(fn, opts, _placed(carry, fn.shards), keys[sl], stage[sl], valid)
             if later.size and stop == int(later[0]) + 1:
                 low_rank = None
                 if opts.metric == "low_rank":  # the window's valid rows (a number known here)
@@ -941,7 +959,7 @@ def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chu
                     buf_x, buf_g = np.asarray(carry.buf_x)[:rows], np.asarray(carry.buf_g)[:rows]
                     low_rank = (_low_rank_jit(opts, buf_x, buf_g, carry.inverse_mass) if rows >= 2
                                 else carry.inverse_mass)
-                carry = _qhmc_end_jit(opts, _on_host(carry), low_rank)
+                carry = _qhmc_end_jit(opts, jax.tree.map(np.asarray, carry), low_rank)  # via the host
             stats.append(tuple(np.asarray(a)[: stop - pos] for a in st[:3]))
             pos = stop
             on_chunk(pos, stats[-1])
@@ -972,7 +990,8 @@ def _qhmc_sample_driver(fn, opts, carry: _QHMCWarmup, params: _QHMCParams, key, 
     pending: list[tuple[np.ndarray, ...]] = []  # iterations of a thinning group not yet complete
     for pos in range(0, n_iter, chunk):
         valid = np.arange(pos, pos + chunk) < n_iter
-        carry, st = _qhmc_chunk_jit(fn, opts, _on_host(carry), keys[pos : pos + chunk], stage, valid)
+        carry, st = _qhmc_chunk_jit(fn, opts, _placed(carry, fn.shards), keys[pos : pos + chunk], stage,
+                                    valid)
         k = int(valid.sum())
         steps = np.broadcast_to(np.asarray(st[0])[:k, None], (k, num_chains))
         pending.append((*(np.asarray(a)[:k] for a in st[3:]), steps))
