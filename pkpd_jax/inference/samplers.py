@@ -366,12 +366,19 @@ def _chain_map(fn: _StaticFn, f: Callable, in_axes) -> Callable:
     vf = jax.vmap(f, in_axes=in_axes)
     if fn.shards <= 1:
         return vf
-    from jax.sharding import Mesh, PartitionSpec as P
+    from jax.sharding import PartitionSpec as P
 
-    mesh = Mesh(np.asarray(jax.devices()[: fn.shards]), ("chains",))
+    mesh = _chains_mesh(fn.shards)
     specs = tuple(P() if a is None else P("chains") for a in in_axes)
     # check_vma=False: the ODE solver's while loops mix per-chain and replicated carries.
     return jax.shard_map(vf, mesh=mesh, in_specs=specs, out_specs=P("chains"), check_vma=False)
+
+
+def _chains_mesh(shards: int):
+    """The 1-D mesh ``("chains",)`` over the first `shards` local devices."""
+    from jax.sharding import Mesh
+
+    return Mesh(np.asarray(jax.devices()[:shards]), ("chains",))
 
 
 def _chain_shards(num_chains: int, requested: int | None = None) -> int:
@@ -879,7 +886,11 @@ def _longest_slow_window(schedule: np.ndarray) -> int:
         if end:
             run = 0
     return longest
+
+
 _qhmc_chunk_jit = jax.jit(_qhmc_warmup_chunk, static_argnames=("logdensity_fn", "opts"))
+_qhmc_end_jit = jax.jit(_qhmc_end_window, static_argnames=("opts",))
+_qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
 
 def _placed(carry: _QHMCWarmup, shards: int) -> _QHMCWarmup:
@@ -903,14 +914,11 @@ def _placed(carry: _QHMCWarmup, shards: int) -> _QHMCWarmup:
 
 
 def _carry_shardings(shards: int):
-    """``(chain-split, replicated)`` shardings over the first `shards` devices (the mesh of
-    :func:`_chain_map`)."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    """``(chain-split, replicated)`` shardings over the chains' mesh of :func:`_chain_map`."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
 
-    mesh = Mesh(np.asarray(jax.devices()[:shards]), ("chains",))
+    mesh = _chains_mesh(shards)
     return NamedSharding(mesh, P("chains")), NamedSharding(mesh, P())
-_qhmc_end_jit = jax.jit(_qhmc_end_window, static_argnames=("opts",))
-_qhmc_final_jit = jax.jit(_qhmc_warmup_final, static_argnames=("opts", "num_warmup"))
 
 
 def _qhmc_warmup_driver(fn, opts, num_warmup, key, positions, inverse_mass0, chunk, on_chunk,
