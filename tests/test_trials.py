@@ -275,6 +275,7 @@ def test_dose_search_curves_do_not_depend_on_call_width():
     with pytest.raises(ValueError, match="`doses_per_call` and `dose_chunk` must be >= 1"):
         search_doses(post, "weekly", theta=theta, doses_per_call=0)
 
+
 def test_answer_questions_writes_curves(fit_dir, tmp_path):
     answers = answer_questions(fit_dir, n_virtual=64, n_draws=4, seed=0, progress=False, out_dir=tmp_path)
     assert sorted(answers) == sorted(KEYS)

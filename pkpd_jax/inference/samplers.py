@@ -897,6 +897,7 @@ def _placed(carry: _QHMCWarmup, shards: int) -> _QHMCWarmup:
     """The warm-up carry in the placement every chunk call receives it in: with the chains on
     several devices, the chain states split over them and everything else replicated (the
     layout the chunk program returns); on one device, host arrays.
+
     The carry comes back from the initial, chunk, window-end and low-rank programs with
     different placements; jit keys its compiled programs on the arguments' shardings, so
     without this the chunk program, the largest of a fit, was compiled again after the first
