@@ -9,8 +9,6 @@ aggregation arithmetic, and the command-line contract.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -166,9 +164,10 @@ def test_too_few_observations_and_no_doses_are_clear_errors():
 
 
 # --------------------------------------------------------------------------------- command line
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pkpd_jax.cli", *args], capture_output=True, text=True,
-                          timeout=300)
+def _cli(*args: str):
+    from _cli import invoke  # in-process (tests/_cli.py)
+
+    return invoke(*args)
 
 
 def test_cli_json_has_the_documented_keys():

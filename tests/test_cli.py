@@ -1,4 +1,8 @@
-"""Black-box tests of the `pkpd-jax` command line (the CLI contract)."""
+"""Black-box tests of the `pkpd-jax` command line (the CLI contract).
+
+The commands run in-process (`_cli.invoke`, no Python start and JAX import per call); the
+console entry point itself (`python -m pkpd_jax.cli`, with its device and cache set-up) is run in
+a subprocess by the model-listing and simulate-error tests."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from _cli import invoke as cli
 
 
 # The public parameter names of every class (DESIGN.md tables): a change here is an API break.
@@ -37,14 +42,15 @@ EXPECTED = {
 }
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def console(*args: str) -> subprocess.CompletedProcess:
+    """The installed entry point in a fresh process."""
     return subprocess.run(
         [sys.executable, "-m", "pkpd_jax.cli", *args], capture_output=True, text=True, timeout=300
     )
 
 
 def test_models_json_lists_all_twenty_classes_with_their_parameters():
-    res = cli("models", "--json")
+    res = console("models", "--json")
     assert res.returncode == 0, res.stderr
     records = json.loads(res.stdout)
     got = {r["name"]: r["params"] for r in records}
@@ -111,6 +117,11 @@ def test_simulate_bad_input_gives_specific_error(tmp_path: Path, args, message):
     assert res.returncode == 1
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+    if args[0] == "--pk" and args[1] == "pk_1c_ivv":  # and through the console entry point
+        res = console("simulate", *full, "--out", str(tmp_path / "x.csv"))
+        assert res.returncode == 1
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
 
 
 def test_example_writes_the_bundled_study_and_truth(tmp_path: Path):
@@ -167,7 +178,7 @@ def test_run_settings_take_the_users_chains_warmup_and_samples():
 @pytest.mark.slow
 def test_run_fast_answers_the_dose_questions_on_the_bundled_study(tmp_path: Path):
     """The whole pipeline (`run --fast`): data summary, fit, trials, report; every answer present."""
-    res = cli("run", "--fast", "--out", str(tmp_path))
+    res = console("run", "--fast", "--out", str(tmp_path))
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_subjects"] == 48

@@ -11,12 +11,11 @@ and tests/test_population.py (the log-density itself).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import polars as pl
 import pytest
+from _cli import invoke as _cli
 
 from pkpd_jax.data import read_nonmem, write_nonmem
 from pkpd_jax.data.example import example_paths
@@ -168,12 +167,6 @@ def test_fit_rejects_bad_settings_before_sampling(small_study):
         fit(small_study, pk=PK, metric="dense")
     with pytest.raises(UnknownModelError, match="unknown PK model 'pk_2c_iv_infusionX'"):
         fit(small_study, pk=PK + "X")
-
-
-def _cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "pkpd_jax.cli", *args], capture_output=True, text=True, timeout=600
-    )
 
 
 def test_cli_fit_errors_are_specific(small_study, tmp_path):
