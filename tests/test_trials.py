@@ -272,8 +272,10 @@ def test_dose_search_curves_do_not_depend_on_call_width():
         np.testing.assert_array_equal(wide.coverage, narrow.coverage)
     assert narrow.grid.size % 8 == 0 and narrow.grid.size > 8  # cut inside a wide call
     assert np.median(narrow.coverage, axis=0)[-1] >= 0.9 > np.median(narrow.coverage, axis=0)[-9]
-    with pytest.raises(ValueError, match="`doses_per_call` and `dose_chunk` must be >= 1"):
+    with pytest.raises(ValueError, match="`doses_per_call` and `dose_chunk` must be whole numbers >= 1"):
         search_doses(post, "weekly", theta=theta, doses_per_call=0)
+    with pytest.raises(ValueError, match="got 2.5 and 8"):  # not silently truncated to 2
+        search_doses(post, "weekly", theta=theta, doses_per_call=2.5)
 
 
 def test_answer_questions_writes_curves(fit_dir, tmp_path):

@@ -273,9 +273,11 @@ def search_doses(
     max_dose = spec.step * 400 if max_dose is None else float(max_dose)
     if not max_dose >= spec.step:
         raise ValueError(f"`max_dose` must be at least one grid step ({spec.step:g} mg); got {max_dose:g}.")
-    if int(doses_per_call) < 1 or int(dose_chunk) < 1:
+    if not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+               for v in (doses_per_call, dose_chunk)):
         raise ValueError(
-            f"`doses_per_call` and `dose_chunk` must be >= 1; got {doses_per_call} and {dose_chunk}."
+            f"`doses_per_call` and `dose_chunk` must be whole numbers >= 1; got {doses_per_call!r} "
+            f"and {dose_chunk!r}."
         )
     t0 = time.perf_counter()
     if theta is None:
