@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import public_args
+from _results import cpu_probe, public_args
 
 
 def log(*a):
@@ -86,6 +86,8 @@ def main(argv=None) -> None:
     if truth_path.exists():
         doses = json.loads(truth_path.read_text()).get("truth", {}).get("study", {}).get("doses", {})
         true = {k: v["dose"] for k, v in doses.items()} or None
+    probe = cpu_probe()  # the machine's speed today (see _results.cpu_probe)
+    load_start = list(os.getloadavg())
     cache = Path(tempfile.mkdtemp(prefix="pkpd_xla_cache_"))
     runs = []
     for setting in args.settings:
@@ -109,7 +111,8 @@ def main(argv=None) -> None:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
-        "loadavg_start": list(os.getloadavg()),
+        "loadavg_start": load_start,
+        "cpu_probe_s": probe,
         "command": "python benchmarks/bench_run.py "
         + " ".join(public_args(argv if argv is not None else sys.argv[1:])),
     }
@@ -120,7 +123,9 @@ def main(argv=None) -> None:
     lines = [
         "# `pkpd-jax run` on the bundled example study",
         "",
-        f"{info['date']} · {info['platform']} · {info['cpus']} CPUs · command `{info['command']}`",
+        f"{info['date']} · {info['platform']} · {info['cpus']} CPUs · CPU probe {probe:.3f} s "
+        f"(`_results.cpu_probe`: the day's machine speed; compare it before comparing files) · "
+        f"command `{info['command']}`",
         "",
         "Each row: the installed command line in a fresh output directory (no fit reused); *cold*: "
         "empty compilation cache (a first run), *warm*: the cache of the previous run (a second run "
