@@ -173,7 +173,7 @@ def test_same_seed_same_draws_other_seed_differs(sampler):
 
 
 @pytest.mark.parametrize("sampler", samplers.SAMPLERS)
-def test_thinning_keeps_every_thin_th_iteration(sampler):
+def test_thinning_keeps_every_thin_th_iteration(sampler, capsys):
     full = sample(
         gaussian_logdensity,
         X0,
@@ -196,6 +196,8 @@ def test_thinning_keeps_every_thin_th_iteration(sampler):
         progress=True,
     )
     assert thin.draws.shape == (4, 100, 4) and thin.thin == 3
+    bars = capsys.readouterr().out  # the progress bars' final state (counts of iterations)
+    assert "100/100" in bars and ("500/500" in bars) == (sampler == "qhmc"), bars
     for a in (thin.logdensity, thin.divergent, thin.acceptance, thin.energy):
         assert a.shape == (4, 100)
     # iteration i uses the i-th sampling key whatever the thinning: the kept draws are 2, 5, 8, ...

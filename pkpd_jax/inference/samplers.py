@@ -1275,8 +1275,8 @@ def sample(
                 states, params = _warmup(fn, opts, num_warmup, key_warmup, positions)
             jax.block_until_ready(params)
             warmup_s = time.perf_counter() - t_start
-            if bar is not None:
-                bar.update(task_w, total=1, completed=1)
+            if bar is not None:  # QHMC: num_warmup / num_warmup; NUTS (no count shown): 1 / 1
+                bar.update(task_w, total=total or 1, completed=total or 1)
                 task_s = bar.add_task(f"{sampler} sampling", total=num_samples)
             if sampler == "qhmc":
 
