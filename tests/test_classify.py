@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from _cli import invoke as _cli  # the command line in-process (tests/_cli.py)
 
 from pkpd_jax.amortized import classify as C
 from pkpd_jax.amortized.batches import class_names, feature_names
@@ -164,12 +165,6 @@ def test_too_few_observations_and_no_doses_are_clear_errors():
 
 
 # --------------------------------------------------------------------------------- command line
-def _cli(*args: str):
-    from _cli import invoke  # in-process (tests/_cli.py)
-
-    return invoke(*args)
-
-
 def test_cli_json_has_the_documented_keys():
     from pkpd_jax.data.example import example_paths
 

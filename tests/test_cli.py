@@ -120,8 +120,8 @@ def test_simulate_bad_input_gives_specific_error(tmp_path: Path, args, message):
     if args[0] == "--pk" and args[1] == "pk_1c_ivv":  # and through the console entry point
         res = console("simulate", *full, "--out", str(tmp_path / "x.csv"))
         assert res.returncode == 1
-    assert message in res.stderr
-    assert "Traceback" not in res.stderr
+        assert message in res.stderr
+        assert "Traceback" not in res.stderr
 
 
 def test_example_writes_the_bundled_study_and_truth(tmp_path: Path):
