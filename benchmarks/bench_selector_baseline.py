@@ -428,7 +428,7 @@ def main(argv=None) -> int:
         "family": family,
         "corpus_fingerprint": data["fingerprint"],
         "arguments": {"n": N, "starts": args.starts, "iters": args.iters, "seed": args.seed,
-                      "corpus_split": "test", "bic_from": str(args.bic_from) if args.bic_from else None,
+                      "corpus_split": "test", "bic_from": args.bic_from.name if args.bic_from else None,
                       "checkpoint": "shipped" if args.checkpoint is None else str(args.checkpoint)},
         "class_names": list(names),
         "same_likelihood_groups": same,
