@@ -232,6 +232,8 @@ def _fit(pk: str, pd: str | None, data: dict, y: np.ndarray, w: np.ndarray, thet
     rep = lambda a: np.repeat(a, starts, axis=0)
     args = [rep(theta_fixed), rep(ts), rep(np.where(w > 0, y, 1.0)), rep(w), rep(data["dose_time"]),
             rep(data["dose_amount"]), rep(data["dose_duration"]), rep(data["dose_cmt"])]
+    # random starts: PK as in the first recorded run ([seed, P]); PD also keyed by the length of the
+    # class name (arbitrary but fixed, it reproduces the recorded PD run)
     rng = np.random.default_rng([seed, P] + ([] if pd is None else [len(pd)]))
     z = rng.standard_normal((N * starts, P))
     z[::starts] = 0.0  # the first start of each subject: the prior median
