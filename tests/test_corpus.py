@@ -125,7 +125,7 @@ def test_manifest_contents(corpus):
 # ----------------------------------------------------------------------------- priors, noise
 @pytest.mark.parametrize("family", ["pk", "pd"])
 def test_parameters_follow_the_declared_priors(family):
-    cfg = C.CorpusConfig(family=family, n=30_000, seed=3, shard_size=30_000)
+    cfg = C.CorpusConfig(family=family, n=30_000, seed=3, shard_size=30_000, pd_potency="prior")
     draw = C.sample_shard(cfg, 0)
     counts = np.bincount(draw["label"], minlength=10)
     assert counts.max() - counts.min() <= 1  # classes balanced within a shard
@@ -141,6 +141,54 @@ def test_parameters_follow_the_declared_priors(family):
     # the designs and the dose levels are drawn evenly
     assert np.all(np.abs(np.bincount(draw["design"]) / 30_000 - 1 / 3) < 0.02)
     assert set(np.unique(draw["dose_amount"][:, 0])) == set(C.DOSE_LEVELS_MG)
+
+
+def test_pd_potency_relative_to_exposure():
+    """Default PD corpora: EC50/IC50 = C_ref·exp(1.5 z), slope = 0.5·R0/C_ref·exp(z), C_ref = dose/V1;
+    the other parameters keep their declared priors, and "prior" leaves the draws unchanged."""
+    cfg = C.CorpusConfig(family="pd", n=20_000, seed=5, shard_size=20_000)
+    draw = C.sample_shard(cfg, 0)
+    prior = C.sample_shard(C.CorpusConfig(family="pd", n=20_000, seed=5, shard_size=20_000,
+                                          pd_potency="prior"), 0)
+    for k in ("label", "dose_amount", "driver_theta", "times", "obs_mask"):
+        np.testing.assert_array_equal(draw[k], prior[k])
+    c_ref = draw["dose_amount"][:, 0] / draw["driver_theta"][:, 2]  # pk_2c_oral: ka, CL, V1, Q, V2
+    for k, cls in enumerate(PD_MODELS):
+        rows = draw["label"] == k
+        n = rows.sum()
+        for i, p in enumerate(cls.params):
+            got = draw["theta"][rows, i]
+            if p.name in ("EC50", "IC50"):
+                z = np.log(got / c_ref[rows]) / 1.5
+            elif p.name == "slope":
+                z = np.log(got * c_ref[rows] / (0.5 * draw["theta"][rows, 0]))
+            else:
+                np.testing.assert_array_equal(got, prior["theta"][rows, i])
+                continue
+            assert abs(z.mean()) < 4.5 / math.sqrt(n) and abs(z.std() - 1) < 4.5 / math.sqrt(2 * n), (
+                cls.name, p.name)
+
+
+def test_pd_sampling_mixed_and_shared():
+    """"mixed": about half the subjects have 20-50% concentration-only and 20-50% biomarker-only
+    times (never both missing at a kept time; the baseline biomarker always kept); "shared" keeps
+    the 5% rates."""
+    m = 20_000
+    mixed = C.sample_shard(C.CorpusConfig(family="pd", n=m, seed=9, shard_size=m), 0)
+    shared = C.sample_shard(C.CorpusConfig(family="pd", n=m, seed=9, shard_size=m, pd_sampling="shared"), 0)
+    for d in (mixed, shared):
+        assert not np.any(d["conc_missing"] & d["resp_missing"])
+        assert not np.any(d["resp_missing"][:, 0]) and np.all(d["obs_mask"][:, 0])
+    fc_s, fr_s = shared["resp_missing"].mean(1), shared["conc_missing"].mean(1)
+    assert abs(fc_s.mean() - 0.05 * 0.97) < 0.01 and abs(fr_s.mean() - 0.05 * 0.97) < 0.01
+    fc, fr = mixed["resp_missing"].mean(1), mixed["conc_missing"].mean(1)  # conc-only, resp-only
+    kept = 0.97  # a whole time is missing with probability 0.03
+    for f in (fc, fr):  # half at U(0.2, 0.5) (mean 0.35), half at 0.05
+        assert abs(f.mean() - kept * (0.5 * 0.35 + 0.5 * 0.05)) < 0.005
+    sep = (fc > 0.15) & (fr > 0.15)
+    assert 0.4 < sep.mean() < 0.5  # (a separate-design subject can fall under 4 of 25 by chance)
+    assert fc.max() <= 0.8 and fr.max() <= 0.8
+    np.testing.assert_array_equal(mixed["theta"], shared["theta"])
 
 
 def test_residual_error_model():

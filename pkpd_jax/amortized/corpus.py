@@ -12,7 +12,15 @@ biomarker, the label is the PD class. Within a shard the classes are balanced (c
 most one) and the rows are shuffled.
 
 **Parameters** are drawn from each class's declared priors (`Param.median`, `Param.log_sd`:
-log-normal; logit-normal for fractions), untruncated.
+log-normal; logit-normal for fractions), untruncated, with one exception in PD corpora (default
+``pd_potency="exposure"``): the potency of the drug is drawn relative to the subject's exposure,
+``EC50`` (or ``IC50``) ``= C_ref·exp(1.5·z)`` and ``slope = 0.5·R0/C_ref·exp(z)`` with
+``C_ref = dose / V1`` of the driver and ``z ~ N(0, 1)``. A fixed potency prior (median 1 mg/L)
+against exposures that span four decades left most subjects either without a visible effect or
+fully saturated, and a study whose potency sits far below the prior median (the bundled example:
+IC50 0.01 mg/L) outside anything the selector had seen; drawn this way, potency spans the same
+range as the exposures (5-95%: about 0.05-110 mg/L) and each subject's doses sit somewhere on
+its concentration-effect curve, as a dose-ranging study intends.
 
 **Designs** (Phase 1 like, each drawn with probability 1/3; nominal times in h, 25 samples, the
 first pre-dose at 0):
@@ -27,7 +35,12 @@ are dosed as the class declares (bolus into its dose compartment). Sampling time
 the time after the most recent nominal dose is multiplied by ``exp(0.1·ε)``, capped at the next
 dose (a trough stays pre-dose); 0 stays 0. Each sample is missing with probability 0.05 (PD:
 a whole time 0.03, concentration only 0.05, biomarker only 0.05; the pre-dose biomarker, the
-baseline, is always kept).
+baseline, is always kept). PD corpora (default ``pd_sampling="mixed"``) give half the subjects
+largely separate concentration and biomarker sampling instead, as most Phase 1 protocols do:
+per subject, a fraction ``U(0.2, 0.5)`` of the times has the concentration only and a disjoint
+fraction ``U(0.2, 0.5)`` the biomarker only (``PD_SEPARATE``). ``pd_sampling="shared"`` and
+``pd_potency="prior"`` reproduce corpora made before these options existed (the random streams
+are drawn in the same order; the new draws come last).
 
 **Residual error** (per subject; ε ~ N(0, 1) independent):
 
@@ -161,6 +174,13 @@ ROUTES = ("class default", "oral", "iv bolus", "iv infusion")
 PD_DRIVER_ROUTE_P = {"oral": 0.5, "iv bolus": 0.25, "iv infusion": 0.25}
 JITTER_LOG_SD = 0.1
 MISSING = {"pk": 0.05, "pd_row": 0.03, "pd_conc": 0.05, "pd_resp": 0.05}
+# PD sampling "mixed": this fraction of subjects has concentration and biomarker sampled largely
+# at different times (per-subject fractions of concentration-only and biomarker-only rows).
+PD_SEPARATE = {"p": 0.5, "conc_only": [0.2, 0.5], "resp_only": [0.2, 0.5]}
+# PD potency "exposure": EC50 / IC50 = C_ref·exp(log_sd·z), slope = R0 / C_ref·exp(log(0.5) +
+# slope_log_sd·z) with C_ref = dose / driver V1 (the first dose's initial concentration scale).
+PD_POTENCY = {"potency_params": ["EC50", "IC50"], "log_sd": 1.5, "slope_effect_at_cref": 0.5,
+              "slope_log_sd": 1.0}
 NOISE = {
     "conc_prop_sd": [0.05, 0.25],
     "lloq_over_cmax_log10": [-3.0, -1.5],
@@ -190,6 +210,12 @@ class CorpusConfig:
     - `dtype`, `rtol`, `atol`, `max_steps`: integration precision (see the module docstring).
     - `method`: ``"erk"`` (default) or ``"simulate"`` (`simulate_population`).
     - `batch_size`: subjects per compiled simulation call (rounded to the device count).
+    - `pd_sampling` (PD only): ``"mixed"`` (default; half the subjects have concentration and
+      biomarker sampled largely at different times, as most Phase 1 studies do) or ``"shared"``
+      (both at every time, up to the 5% missing; the design of earlier corpora).
+    - `pd_potency` (PD only): ``"exposure"`` (default; EC50 / IC50 / slope drawn relative to the
+      subject's exposure, so potency spans the dose range) or ``"prior"`` (the class's declared
+      prior; earlier corpora).
     """
 
     family: str
@@ -204,6 +230,8 @@ class CorpusConfig:
     max_steps: int = 4096
     method: str = "erk"
     batch_size: int = 256
+    pd_sampling: str = "mixed"
+    pd_potency: str = "exposure"
 
     def __post_init__(self):
         if self.family not in ("pk", "pd"):
@@ -229,6 +257,10 @@ class CorpusConfig:
             raise ValueError(f"`dtype` must be 'float32' or 'float64'; got {self.dtype!r}.")
         if self.method not in ("erk", "simulate"):
             raise ValueError(f"`method` must be 'erk' or 'simulate'; got {self.method!r}.")
+        if self.pd_sampling not in ("mixed", "shared"):
+            raise ValueError(f"`pd_sampling` must be 'mixed' or 'shared'; got {self.pd_sampling!r}.")
+        if self.pd_potency not in ("exposure", "prior"):
+            raise ValueError(f"`pd_potency` must be 'exposure' or 'prior'; got {self.pd_potency!r}.")
         if self.family == "pd" and self.pd_driver not in family_class_names("pk"):
             raise ValueError(f"`pd_driver` must be a PK class; got {self.pd_driver!r}.")
 
@@ -258,6 +290,8 @@ def _content_spec(cfg: CorpusConfig) -> dict:
         "pd_driver_routes": PD_DRIVER_ROUTE_P if cfg.family == "pd" else None,
         "jitter_log_sd": JITTER_LOG_SD,
         "missing": MISSING,
+        "pd_separate": PD_SEPARATE if cfg.family == "pd" and cfg.pd_sampling == "mixed" else None,
+        "pd_potency": PD_POTENCY if cfg.family == "pd" and cfg.pd_potency == "exposure" else None,
         "noise": NOISE,
         "split_rule": SPLIT_RULE,
     }
@@ -351,6 +385,13 @@ def sample_shard(cfg: CorpusConfig, shard: int) -> dict[str, np.ndarray]:
         row = u_miss[..., 0] < MISSING["pd_row"]
         c_miss = u_miss[..., 1] < MISSING["pd_conc"]
         r_miss = u_miss[..., 2] < MISSING["pd_resp"]
+        if cfg.pd_sampling == "mixed":  # drawn after everything above: "shared" is unchanged
+            sep = rng.random(m) < PD_SEPARATE["p"]
+            f_c = rng.uniform(*PD_SEPARATE["conc_only"], m)[:, None]
+            f_r = rng.uniform(*PD_SEPARATE["resp_only"], m)[:, None]
+            u = rng.random((m, N_TIMES))  # disjoint: conc-only u < f_c, resp-only u > 1 - f_r
+            c_miss = np.where(sep[:, None], u > 1.0 - f_r, c_miss)
+            r_miss = np.where(sep[:, None], u < f_c, r_miss)
         row[:, 0] = False
         r_miss[:, 0] = False
         out["obs_mask"] = ~(row | (c_miss & r_miss))
@@ -367,6 +408,8 @@ def sample_shard(cfg: CorpusConfig, shard: int) -> dict[str, np.ndarray]:
     if cfg.family == "pd":
         driver = _class_table("pk")[cfg.pd_driver]
         out["driver_theta"] = _draw_prior(driver, rng.standard_normal((m, len(driver[0]))))
+        if cfg.pd_potency == "exposure":  # drawn after the above: "prior" is unchanged
+            _exposure_potency(cfg, out, table, driver[0], rng.standard_normal(m))
 
     rng = _rng(cfg, shard, "noise")
     out["conc_prop_sd"] = rng.uniform(*NOISE["conc_prop_sd"], m)
@@ -377,6 +420,22 @@ def sample_shard(cfg: CorpusConfig, shard: int) -> dict[str, np.ndarray]:
         out["resp_add_rel"] = rng.uniform(*NOISE["resp_add_sd_over_baseline"], m)
         out["eps_resp"] = rng.standard_normal((m, N_TIMES, 2))
     return out
+
+
+def _exposure_potency(cfg: CorpusConfig, out: dict, table: dict, driver_names, z: np.ndarray) -> None:
+    """Redraw the potency parameters of PD subjects relative to their exposure (in place)."""
+    volume = "V1" if "V1" in driver_names else "V"
+    c_ref = out["dose_amount"][:, 0] / out["driver_theta"][:, list(driver_names).index(volume)]
+    for k, name in enumerate(cfg.classes):
+        rows = out["label"] == k
+        names = table[name][0]
+        for i, p in enumerate(names):
+            if p in PD_POTENCY["potency_params"]:
+                out["theta"][rows, i] = c_ref[rows] * np.exp(PD_POTENCY["log_sd"] * z[rows])
+            elif p == "slope":
+                r0 = out["theta"][rows, names.index("R0")]
+                out["theta"][rows, i] = r0 / c_ref[rows] * PD_POTENCY["slope_effect_at_cref"] * np.exp(
+                    PD_POTENCY["slope_log_sd"] * z[rows])
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -829,6 +888,8 @@ def generate_corpus(
     max_steps: int = 4096,
     method: str = "erk",
     batch_size: int = 256,
+    pd_sampling: str = "mixed",
+    pd_potency: str = "exposure",
     progress: bool | Callable[[int, int], None] = True,
     max_shards: int | None = None,
     stop: Callable[[], bool] | None = None,
@@ -837,7 +898,8 @@ def generate_corpus(
     """Generate (or resume) a corpus in directory `out`; return the manifest.
 
     **Arguments:** `family`, `n`, `seed`, `shard_size`, `classes`, `pd_driver`, `dtype`, `rtol`,
-    `atol`, `max_steps`, `method`, `batch_size`: see [`CorpusConfig`][] and the module docstring.
+    `atol`, `max_steps`, `method`, `batch_size`, `pd_sampling`, `pd_potency`: see
+    [`CorpusConfig`][] and the module docstring.
 
     **Other arguments:**
 
@@ -857,7 +919,7 @@ def generate_corpus(
     cfg = CorpusConfig(family=family, n=int(n), seed=int(seed), shard_size=int(shard_size),
                        classes=None if classes is None else tuple(classes), pd_driver=pd_driver, dtype=dtype,
                        rtol=float(rtol), atol=float(atol), max_steps=int(max_steps), method=method,
-                       batch_size=int(batch_size))
+                       batch_size=int(batch_size), pd_sampling=pd_sampling, pd_potency=pd_potency)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob("*.tmp"):

@@ -23,6 +23,12 @@ def corpus_command(
     devices: Annotated[
         int | None, typer.Option(help="CPU devices to split subjects over (default: one per core).")
     ] = None,
+    pd_sampling: Annotated[str, typer.Option(
+        help="PD only: 'mixed' (half the subjects with concentration and biomarker sampled largely at "
+             "different times) or 'shared' (both at every time).")] = "mixed",
+    pd_potency: Annotated[str, typer.Option(
+        help="PD only: 'exposure' (EC50/IC50/slope drawn relative to the subject's exposure) or 'prior' "
+             "(the class's declared prior).")] = "exposure",
     progress: Annotated[bool, typer.Option(help="Show a progress bar with rate and ETA.")] = True,
 ):
     """Simulate a labelled corpus for amortized model selection; rerun the same command to resume."""
@@ -38,7 +44,8 @@ def corpus_command(
     from .corpus import generate_corpus
 
     names = None if classes is None else tuple(c.strip() for c in classes.split(",") if c.strip())
-    man = generate_corpus(out, family, n, seed, shard_size=shard_size, classes=names, progress=progress)
+    man = generate_corpus(out, family, n, seed, shard_size=shard_size, classes=names,
+                          pd_sampling=pd_sampling, pd_potency=pd_potency, progress=progress)
     c = man["counts"]
     rate = man["timing"].get("last_call", {}).get("traj_per_s")
     typer.echo(
