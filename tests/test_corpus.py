@@ -104,7 +104,8 @@ def test_manifest_contents(corpus):
     for name in KW["classes"]:
         assert man["priors"][name] == json.loads(json.dumps([p.to_dict() for p in cls[name].params]))
     spec = man["spec"]
-    assert [d["name"] for d in spec["designs"]] == ["single", "daily", "weekly"]
+    assert [d["name"] for d in spec["designs"]] == ["single", "daily", "weekly", "daily14"]
+    assert man["max_doses"] == 14
     assert all(len(d["sample_times"]) == 25 for d in spec["designs"])
     assert spec["noise"]["conc_add_sd_over_lloq"] == 0.2 and spec["split_rule"] == C.SPLIT_RULE
     assert man["features"]["names"] == list(B.PK_FEATURES)
@@ -139,7 +140,7 @@ def test_parameters_follow_the_declared_priors(family):
             assert abs(u.std() / p.log_sd - 1) < 4.5 / math.sqrt(2 * n), (cls.name, p.name)
         assert np.all(theta[:, len(cls.params):] == 0)
     # the designs and the dose levels are drawn evenly
-    assert np.all(np.abs(np.bincount(draw["design"]) / 30_000 - 1 / 3) < 0.02)
+    assert np.all(np.abs(np.bincount(draw["design"]) / 30_000 - 1 / 4) < 0.02)
     assert set(np.unique(draw["dose_amount"][:, 0])) == set(C.DOSE_LEVELS_MG)
 
 
@@ -302,7 +303,8 @@ def test_corpus_rows_are_the_featurize_of_their_raw_columns(corpus):
     t, conc = get("times", (25,)), get("conc", (25,))
     blq, mask = get("conc_blq", (25,)) > 0, get("mask", (25,)) > 0
     values = get("values", (25, 7))
-    d_t, d_a, d_d = get("dose_time", (7,)), get("dose_amount", (7,)), get("dose_duration", (7,))
+    D = C.MAX_DOSES  # the default designs include daily14
+    d_t, d_a, d_d = get("dose_time", (D,)), get("dose_amount", (D,)), get("dose_duration", (D,))
     for i in range(0, table.num_rows, 7):
         m = mask[i]
         _, v, mk = B.featurize(t[i, m], conc[i, m], d_t[i], d_a[i], d_d[i], family="pk", blq=blq[i, m],

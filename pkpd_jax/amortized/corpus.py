@@ -22,12 +22,17 @@ IC50 0.01 mg/L) outside anything the selector had seen; drawn this way, potency 
 range as the exposures (5-95%: about 0.05-110 mg/L) and each subject's doses sit somewhere on
 its concentration-effect curve, as a dose-ranging study intends.
 
-**Designs** (Phase 1 like, each drawn with probability 1/3; nominal times in h, 25 samples, the
-first pre-dose at 0):
+**Designs** (Phase 1 like, each drawn with equal probability; nominal times in h, 25 samples,
+the first pre-dose at 0):
 
 - ``single``: one dose; samples to 336 h.
 - ``daily``: 7 doses every 24 h; dense day 1 and day 7, troughs in between, then 168 and 192 h.
 - ``weekly``: 4 doses every 168 h; a dense first week, troughs and a dense last week to 672 h.
+- ``daily14``: 14 doses every 24 h (a typical multiple-ascending-dose cohort); dense day 1 and
+  day 14, troughs every second day, washout to 576 h.
+
+``designs=("single", "daily", "weekly")`` (with ``pd_sampling="shared"``, ``pd_potency="prior"``
+for PD) reproduces corpora made before ``daily14`` existed, row for row.
 
 Dose: one level per subject from ``DOSE_LEVELS_MG`` (5-1000 mg). ``pk_2c_iv_infusion`` (and PD
 drivers given as infusions) get an infusion duration from ``INFUSION_DURATIONS_H``; other classes
@@ -38,9 +43,8 @@ a whole time 0.03, concentration only 0.05, biomarker only 0.05; the pre-dose bi
 baseline, is always kept). PD corpora (default ``pd_sampling="mixed"``) give half the subjects
 largely separate concentration and biomarker sampling instead, as most Phase 1 protocols do:
 per subject, a fraction ``U(0.2, 0.5)`` of the times has the concentration only and a disjoint
-fraction ``U(0.2, 0.5)`` the biomarker only (``PD_SEPARATE``). ``pd_sampling="shared"`` and
-``pd_potency="prior"`` reproduce corpora made before these options existed (the random streams
-are drawn in the same order; the new draws come last).
+fraction ``U(0.2, 0.5)`` the biomarker only (``PD_SEPARATE``); ``pd_sampling="shared"`` gives
+every subject the shared design.
 
 **Residual error** (per subject; ε ~ N(0, 1) independent):
 
@@ -118,6 +122,7 @@ __all__ = [
     "CorpusConfig",
     "Design",
     "DESIGNS",
+    "DEFAULT_DESIGNS",
     "DOSE_LEVELS_MG",
     "INFUSION_DURATIONS_H",
     "N_TIMES",
@@ -131,7 +136,7 @@ __all__ = [
 FORMAT = "pkpd_jax.corpus"
 FORMAT_VERSION = 1
 N_TIMES = 25
-MAX_DOSES = 7
+MAX_DOSES = 14
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,14 @@ DESIGNS = (
         (0, 1, 2, 4, 8, 24, 48, 72, 120, 168, 169, 172, 192, 336, 337, 340, 360, 504, 505, 508, 512,
          528, 552, 600, 672),
     ),
+    Design(
+        "daily14",
+        tuple(24.0 * k for k in range(14)),
+        (0, 0.5, 1, 2, 4, 8, 12, 24, 72, 120, 168, 216, 264, 312, 312.5, 313, 314, 316, 320, 324, 336,
+         360, 408, 480, 576),
+    ),
 )
+DEFAULT_DESIGNS = ("single", "daily", "weekly", "daily14")
 DOSE_LEVELS_MG = (5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 INFUSION_DURATIONS_H = (0.5, 1.0, 2.0, 4.0)
 INFUSION_CLASSES = ("pk_2c_iv_infusion",)
@@ -213,6 +225,7 @@ class CorpusConfig:
     - `pd_sampling` (PD only): ``"mixed"`` (default; half the subjects have concentration and
       biomarker sampled largely at different times, as most Phase 1 studies do) or ``"shared"``
       (both at every time, up to the 5% missing; the design of earlier corpora).
+    - `designs`: names of the designs drawn from (default all four; see the module docstring).
     - `pd_potency` (PD only): ``"exposure"`` (default; EC50 / IC50 / slope drawn relative to the
       subject's exposure, so potency spans the dose range) or ``"prior"`` (the class's declared
       prior; earlier corpora).
@@ -232,6 +245,7 @@ class CorpusConfig:
     batch_size: int = 256
     pd_sampling: str = "mixed"
     pd_potency: str = "exposure"
+    designs: tuple[str, ...] = DEFAULT_DESIGNS
 
     def __post_init__(self):
         if self.family not in ("pk", "pd"):
@@ -257,12 +271,28 @@ class CorpusConfig:
             raise ValueError(f"`dtype` must be 'float32' or 'float64'; got {self.dtype!r}.")
         if self.method not in ("erk", "simulate"):
             raise ValueError(f"`method` must be 'erk' or 'simulate'; got {self.method!r}.")
+        known_designs = [d.name for d in DESIGNS]
+        designs = tuple(self.designs)
+        if not designs or len(set(designs)) != len(designs) or any(d not in known_designs for d in designs):
+            raise ValueError(f"`designs` must be distinct names among {known_designs}; got {list(designs)}.")
+        object.__setattr__(self, "designs", designs)
         if self.pd_sampling not in ("mixed", "shared"):
             raise ValueError(f"`pd_sampling` must be 'mixed' or 'shared'; got {self.pd_sampling!r}.")
         if self.pd_potency not in ("exposure", "prior"):
             raise ValueError(f"`pd_potency` must be 'exposure' or 'prior'; got {self.pd_potency!r}.")
         if self.family == "pd" and self.pd_driver not in family_class_names("pk"):
             raise ValueError(f"`pd_driver` must be a PK class; got {self.pd_driver!r}.")
+
+    @property
+    def design_list(self) -> tuple[Design, ...]:
+        """The designs drawn from, in the order of the ``design`` column's codes."""
+        by_name = {d.name: d for d in DESIGNS}
+        return tuple(by_name[n] for n in self.designs)
+
+    @property
+    def max_doses(self) -> int:
+        """Columns of the dose arrays: the most doses of any design drawn from."""
+        return max(len(d.dose_times) for d in self.design_list)
 
     @property
     def n_shards(self) -> int:
@@ -274,6 +304,7 @@ class CorpusConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["classes"] = list(self.classes)
+        d["designs"] = list(self.designs)
         return d
 
 
@@ -283,7 +314,7 @@ def _content_spec(cfg: CorpusConfig) -> dict:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": cfg.to_dict(),
-        "designs": [dataclasses.asdict(d) for d in DESIGNS],
+        "designs": [dataclasses.asdict(d) for d in cfg.design_list],
         "dose_levels_mg": list(DOSE_LEVELS_MG),
         "infusion_durations_h": list(INFUSION_DURATIONS_H),
         "infusion_classes": list(INFUSION_CLASSES),
@@ -319,11 +350,11 @@ def _draw_prior(names_constraints_loc_sd, z: np.ndarray) -> np.ndarray:
     return np.stack([_constrain(c, u[:, i]) for i, c in enumerate(constraints)], axis=-1)
 
 
-def _jitter(rng, m: int, design_idx: np.ndarray) -> np.ndarray:
+def _jitter(rng, m: int, design_idx: np.ndarray, designs: Sequence[Design]) -> np.ndarray:
     """Jittered sampling times [m, N_TIMES] (see the module docstring)."""
     eps = rng.standard_normal((m, N_TIMES))
     out = np.zeros((m, N_TIMES))
-    for d, design in enumerate(DESIGNS):
+    for d, design in enumerate(designs):
         rows = design_idx == d
         nominal = np.asarray(design.sample_times, float)
         doses = np.asarray(design.dose_times, float)
@@ -352,7 +383,8 @@ def sample_shard(cfg: CorpusConfig, shard: int) -> dict[str, np.ndarray]:
 
     rng = _rng(cfg, shard, "design")
     label = rng.permutation(np.arange(m) % K).astype(np.int32)
-    design = rng.integers(0, len(DESIGNS), m).astype(np.int8)
+    designs = cfg.design_list
+    design = rng.integers(0, len(designs), m).astype(np.int8)
     level = rng.integers(0, len(DOSE_LEVELS_MG), m)
     inf_dur = np.asarray(INFUSION_DURATIONS_H)[rng.integers(0, len(INFUSION_DURATIONS_H), m)]
     if cfg.family == "pd":
@@ -361,13 +393,13 @@ def sample_shard(cfg: CorpusConfig, shard: int) -> dict[str, np.ndarray]:
     else:  # the class's own dose compartment; infusions for the infusion class
         infusion_class = np.isin(np.asarray(cfg.classes)[label], INFUSION_CLASSES)
         route = np.where(infusion_class, ROUTES.index("iv infusion"), ROUTES.index("class default"))
-    out["times"] = _jitter(rng, m, design)
+    out["times"] = _jitter(rng, m, design, designs)
     u_miss = rng.random((m, N_TIMES, 3))
     out.update(label=label, design=design, route=route.astype(np.int8))
 
-    dose_time = np.zeros((m, MAX_DOSES))
-    dose_amount = np.zeros((m, MAX_DOSES))
-    for d, des in enumerate(DESIGNS):
+    dose_time = np.zeros((m, cfg.max_doses))
+    dose_amount = np.zeros((m, cfg.max_doses))
+    for d, des in enumerate(designs):
         rows = design == d
         nd = len(des.dose_times)
         dose_time[rows, :nd] = des.dose_times
@@ -531,7 +563,7 @@ def _class_args(cfg: CorpusConfig, draw: dict, name: str, rows: np.ndarray, np_d
     route = draw["route"][rows]
     cmt = np.where(route == ROUTES.index("oral"), model.pk.dose_cmt, model.pk.central)
     cmt = np.where(route == ROUTES.index("class default"), -1, cmt)
-    cmt = np.broadcast_to(cmt[:, None], (rows.size, MAX_DOSES))
+    cmt = np.broadcast_to(cmt[:, None], draw["dose_amount"][rows].shape)
     cmt = np.where(draw["dose_amount"][rows] > 0, cmt, -1).astype(np.int32)
     args = [theta, draw["dose_time"][rows], draw["dose_amount"][rows], draw["dose_duration"][rows], cmt,
             draw["times"][rows]]
@@ -786,7 +818,7 @@ def _new_manifest(cfg: CorpusConfig, spec: dict, fingerprint: str) -> dict:
         "n_times": N_TIMES,
         "n_features": len(feature_names(cfg.family)),
         "n_params": n_params(cfg.family),
-        "max_doses": MAX_DOSES,
+        "max_doses": cfg.max_doses,
         "features": {"names": list(feature_names(cfg.family)),
                      "doc": "pkpd_jax.amortized.batches (module docstring): definitions and scales"},
         "params": "normalised log space: (u(theta) - prior_loc) / prior_log_sd, u = log (logit for "
@@ -890,6 +922,7 @@ def generate_corpus(
     batch_size: int = 256,
     pd_sampling: str = "mixed",
     pd_potency: str = "exposure",
+    designs: Sequence[str] = DEFAULT_DESIGNS,
     progress: bool | Callable[[int, int], None] = True,
     max_shards: int | None = None,
     stop: Callable[[], bool] | None = None,
@@ -898,7 +931,7 @@ def generate_corpus(
     """Generate (or resume) a corpus in directory `out`; return the manifest.
 
     **Arguments:** `family`, `n`, `seed`, `shard_size`, `classes`, `pd_driver`, `dtype`, `rtol`,
-    `atol`, `max_steps`, `method`, `batch_size`, `pd_sampling`, `pd_potency`: see
+    `atol`, `max_steps`, `method`, `batch_size`, `pd_sampling`, `pd_potency`, `designs`: see
     [`CorpusConfig`][] and the module docstring.
 
     **Other arguments:**
@@ -919,7 +952,8 @@ def generate_corpus(
     cfg = CorpusConfig(family=family, n=int(n), seed=int(seed), shard_size=int(shard_size),
                        classes=None if classes is None else tuple(classes), pd_driver=pd_driver, dtype=dtype,
                        rtol=float(rtol), atol=float(atol), max_steps=int(max_steps), method=method,
-                       batch_size=int(batch_size), pd_sampling=pd_sampling, pd_potency=pd_potency)
+                       batch_size=int(batch_size), pd_sampling=pd_sampling, pd_potency=pd_potency,
+                       designs=tuple(designs))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for tmp in out.glob("*.tmp"):

@@ -29,6 +29,9 @@ def corpus_command(
     pd_potency: Annotated[str, typer.Option(
         help="PD only: 'exposure' (EC50/IC50/slope drawn relative to the subject's exposure) or 'prior' "
              "(the class's declared prior).")] = "exposure",
+    designs: Annotated[str, typer.Option(
+        help="Comma-separated dosing/sampling designs to draw from: single, daily, weekly, daily14.")
+    ] = "single,daily,weekly,daily14",
     progress: Annotated[bool, typer.Option(help="Show a progress bar with rate and ETA.")] = True,
 ):
     """Simulate a labelled corpus for amortized model selection; rerun the same command to resume."""
@@ -45,7 +48,9 @@ def corpus_command(
 
     names = None if classes is None else tuple(c.strip() for c in classes.split(",") if c.strip())
     man = generate_corpus(out, family, n, seed, shard_size=shard_size, classes=names,
-                          pd_sampling=pd_sampling, pd_potency=pd_potency, progress=progress)
+                          pd_sampling=pd_sampling, pd_potency=pd_potency,
+                          designs=tuple(d.strip() for d in designs.split(",") if d.strip()),
+                          progress=progress)
     c = man["counts"]
     rate = man["timing"].get("last_call", {}).get("traj_per_s")
     typer.echo(
