@@ -8,14 +8,19 @@ package. A summary (sizes, wall times, throughput, accuracy, confusion matrices,
 example study's classification) goes to ``selectors.json`` in the package directory with
 ``--ship``, and always to ``WORK/selectors.json``.
 
-The defaults produced the shipped PD selector: 200,000 trajectories (180,000 train / 10,000 val /
-10,000 test), preset ``cpu48`` (d_model 48, 4 heads, 3 layers, FF 96, 63k weights), batch 128,
-5 epochs, seed 0. The shipped PK selector: 1,000,000 trajectories, preset ``cpu64`` (ref64's shape,
-no dropout, 209k weights), 4 epochs, about an hour on 2 CPU cores::
+The shipped PK selector: 1,000,000 trajectories of the three original designs, preset ``cpu64``
+(ref64's shape, no dropout, 209k weights), 4 epochs, batch 256, seed 0, about an hour on 2 CPU
+cores. The shipped PD selector: the same size, preset and epochs on the default corpus (four designs
+including ``daily14``, mixed concentration/biomarker sampling, potency relative to exposure)::
 
-    python experiments/train_selectors.py --ship --families pd
     python experiments/train_selectors.py --ship --families pk --n-pk 1000000 --epochs-pk 4 \
+        --preset cpu64 --shard-size 50000 --designs single daily weekly
+    python experiments/train_selectors.py --ship --families pd --n-pd 1000000 --epochs-pd 4 \
         --preset cpu64 --shard-size 50000
+
+The first PD selector (200,000 trajectories of the original PD design, preset ``cpu48``, 5 epochs)
+is reproduced by ``--families pd --designs single daily weekly --pd-sampling shared
+--pd-potency prior``.
 
 Everything is deterministic given the arguments (corpus seed, training seed, batch order).
 """
@@ -62,7 +67,9 @@ def run_family(family: str, args, work: Path, log) -> dict:
 
     t0 = time.perf_counter()
     log(f"[{family}] corpus: {n} trajectories -> {corpus_dir.name}/")
-    man = generate_corpus(corpus_dir, family, n, args.seed, shard_size=args.shard_size, progress=False)
+    design = {"designs": tuple(args.designs), "pd_sampling": args.pd_sampling, "pd_potency": args.pd_potency}
+    man = generate_corpus(corpus_dir, family, n, args.seed, shard_size=args.shard_size, progress=False,
+                          **design)
     corpus_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -89,7 +96,8 @@ def run_family(family: str, args, work: Path, log) -> dict:
     return {
         "family": family,
         "corpus": {"n": n, "seed": args.seed, "shard_size": args.shard_size, "counts": man["counts"],
-                   "wall_s": corpus_s},
+                   "wall_s": corpus_s,
+                   **{k: list(v) if isinstance(v, tuple) else v for k, v in design.items()}},
         "training": {
             "preset": preset.to_dict(), "batch_size": batch_size, "epochs": epochs, "seed": args.seed,
             "weights": n_weights, "wall_s": train_s, "best_epoch": ckpt.meta["epoch"],
@@ -141,6 +149,8 @@ def check_example(checkpoints: dict) -> dict:
 
 
 def main(argv=None) -> int:
+    from pkpd_jax.amortized.corpus import DEFAULT_DESIGNS, DESIGNS
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n-pk", type=int, default=200_000, help="PK corpus size (trajectories)")
     ap.add_argument("--n-pd", type=int, default=200_000, help="PD corpus size (trajectories)")
@@ -151,6 +161,12 @@ def main(argv=None) -> int:
     ap.add_argument("--shard-size", type=int, default=20_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--families", nargs="+", default=["pk", "pd"], choices=["pk", "pd"])
+    ap.add_argument("--designs", nargs="+", default=list(DEFAULT_DESIGNS), choices=[d.name for d in DESIGNS],
+                    help="corpus dosing/sampling designs (default: all)")
+    ap.add_argument("--pd-sampling", default="mixed", choices=["mixed", "shared"],
+                    help="PD corpus: concentration and biomarker times (see pkpd_jax.amortized.corpus)")
+    ap.add_argument("--pd-potency", default="exposure", choices=["exposure", "prior"],
+                    help="PD corpus: EC50/IC50/slope relative to exposure or from the declared prior")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "selectors",
                     help="corpora, training checkpoints and evaluations (default: runs/selectors)")
     ap.add_argument("--ship", action="store_true",

@@ -69,7 +69,7 @@ def test_shipped_selector_loads_and_matches_the_feature_code(family):
     assert ev["n"] >= 5_000 and ev["class_names"] == list(class_names(family))
     rec = json.loads((C.PRETRAINED_DIR / "selectors.json").read_text())["families"][family]
     assert rec["test"]["accuracy"] == pytest.approx(ev["accuracy"])
-    assert ev["accuracy"] > 0.5  # well above chance (0.1); exact figures in selectors.json
+    assert ev["accuracy"] > 0.45  # well above chance (0.1); exact figures in selectors.json
 
 
 def test_shipped_selectors_are_in_the_wheel_file_list():

@@ -31,16 +31,19 @@ parameter row of that class, in natural units via
 per-parameter median over the subjects used.
 
 **Limitations of the shipped selectors** (see ``pretrained/selectors.json`` for their test
-accuracy: 0.76 PK, 0.54 PD over 10 classes each). They know what their corpora showed them: in the
-PK corpus only ``pk_2c_iv_infusion`` is given by infusion, so an infused study is called
-``pk_2c_iv_infusion`` whatever its number of compartments; the dose route (oral or IV) is not a
-feature and is inferred from the curve shape; PD corpora sample the concentration and the
-biomarker at the same times, so a study that samples them at different times (as the bundled
-example does) is further from what the PD selector was trained on; subjects with more than 25
-observations or more than 7 doses are also outside the training designs (they are still
-classified; the network takes any length). Pairs that make the same predictions for some
-parameters (``pd_indirect_inhib_kin`` / ``pd_indirect_stim_kout``, ``pk_2c_iv`` / ``pk_3c_iv``,
-``pk_1c_iv`` / ``pk_1c_iv_mm``) account for most confusions.
+accuracy: 0.80 PK, 0.49 PD over 10 classes each, each on its own corpus's test split). They know
+what their corpora showed them: in the PK corpus only ``pk_2c_iv_infusion`` is given by infusion,
+so an infused study is called ``pk_2c_iv_infusion`` whatever its number of compartments; the dose
+route (oral or IV) is not a feature and is inferred from the curve shape. The PD corpus has four
+designs (single dose, 7 daily, 14 daily, 4 weekly doses), half its subjects have concentration and
+biomarker samples at largely different times, and potency (EC50/IC50/slope) is drawn relative to
+each subject's exposure; the PK selector's corpus has only the first three designs and no
+14-dose schedule. Subjects with more than 25 observations or more than 14 doses are outside the
+training designs (they are still classified; the network takes any length). Pairs that make the
+same predictions for some parameters (``pd_indirect_inhib_kin`` / ``pd_indirect_stim_kout``,
+``pd_direct_inhib_emax`` / ``pd_indirect_inhib_kin``, ``pk_2c_iv`` / ``pk_3c_iv``, ``pk_1c_iv`` /
+``pk_1c_iv_mm``) account for most confusions; ``benchmarks/results/selector_transfer.md`` measures
+the PD selector on simulated studies of the bundled design (right class in 20 of 30 studies).
 
 **Checkpoints.** The selectors shipped with the package live in ``pretrained/pk`` and
 ``pretrained/pd`` next to this module (see ``experiments/train_selectors.py``); any training

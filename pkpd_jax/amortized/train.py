@@ -112,10 +112,10 @@ PRESETS: dict[str, Preset] = {
     for p in (
         # For tests and CPU smoke runs.
         Preset("tiny", 32, 2, 2, 64, 0.0, 1e-3, 1e-2, 1.0, batch_size=64),
-        # The shipped PD selector (experiments/train_selectors.py): sized to train on 2 CPU cores.
+        # Sized to train on 2 CPU cores in minutes (the first shipped PD selector, 200k trajectories).
         Preset("cpu48", 48, 4, 3, 96, 0.0, 1e-3, 1e-2, 1.0, batch_size=128),
         # ref64's shape without dropout (which costs 2.2x per step on CPU; 1M trajectories seen a
-        # few times each do not overfit): the shipped PK selector, 1M trajectories on CPU.
+        # few times each do not overfit): the shipped PK and PD selectors, 1M trajectories each on CPU.
         Preset("cpu64", 64, 4, 4, 256, 0.0, 1e-3, 1e-2, 1.0, batch_size=256),
         # The five configurations of the reference study (d_model/heads/layers/FF/dropout/lr/wd/λ).
         Preset("ref64", 64, 4, 4, 256, 0.10, 3e-4, 1e-2, 1.0),
