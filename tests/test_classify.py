@@ -145,7 +145,7 @@ def test_clear_cut_direct_inhibition_study_is_classified_pd_direct_inhib_emax():
 
 
 def test_example_study_is_classified_with_the_documented_classes():
-    from pkpd_jax.data.example import PD_MODEL, PK_MODEL, example_paths
+    from pkpd_jax.data.example import PD_MODEL, PK_MODEL, TRUTH, example_paths
 
     res = C.classify_study(example_paths()[0])
     assert res["n_subjects"] == 48
@@ -153,6 +153,11 @@ def test_example_study_is_classified_with_the_documented_classes():
     assert all(v == "no dose (placebo)" for v in res["pk"]["skipped"].values())
     assert res["pk"]["selected"] == PK_MODEL
     assert res["pd"]["selected"] == PD_MODEL
+    # The regressed parameters (median over subjects) are usable priors: each within 2-fold of the
+    # study's typical values (subjects differ by weight, co-medication and random effects).
+    for fam in ("pk", "pd"):
+        for name, value in res[fam]["params"].items():
+            assert 0.5 < value / TRUTH["population"][name] < 2.0, (fam, name, value)
 
 
 def test_too_few_observations_and_no_doses_are_clear_errors():
