@@ -8,13 +8,13 @@ package. A summary (sizes, wall times, throughput, accuracy, confusion matrices,
 example study's classification) goes to ``selectors.json`` in the package directory with
 ``--ship``, and always to ``WORK/selectors.json``.
 
-The shipped PK selector: 1,000,000 trajectories of the three original designs, preset ``cpu64``
+The shipped PK selector: 1,000,000 trajectories of the default designs, preset ``cpu64``
 (ref64's shape, no dropout, 209k weights), 4 epochs, batch 256, seed 0, about an hour on 2 CPU
 cores. The shipped PD selector: the same size, preset and epochs on the default corpus (four designs
 including ``daily14``, mixed concentration/biomarker sampling, potency relative to exposure)::
 
     python experiments/train_selectors.py --ship --families pk --n-pk 1000000 --epochs-pk 4 \
-        --preset cpu64 --shard-size 50000 --designs single daily weekly
+        --preset cpu64 --shard-size 50000
     python experiments/train_selectors.py --ship --families pd --n-pd 1000000 --epochs-pd 4 \
         --preset cpu64 --shard-size 50000
 

@@ -21,10 +21,11 @@ from pkpd_jax.amortized.batches import class_names, feature_names
 
 
 def _study_frame(pk: str, pd: str | None, n: int, seed: int, times, dose_mg: float,
-                 pd_times=None) -> pl.DataFrame:
+                 pd_times=None, lloq: float | None = None) -> pl.DataFrame:
     """A NONMEM-style frame of `n` subjects simulated around the class priors' medians (25%
     between-subject variability on the log or logit scale), 10% proportional noise on the
-    concentrations and 3% on the biomarker; one bolus of `dose_mg` at 0."""
+    concentrations and 3% on the biomarker; one bolus of `dose_mg` at 0. With `lloq` (mg/L),
+    concentrations below it are reported as an assay would: ``BLQ = 1``, ``DV = lloq``."""
     import jax.numpy as jnp
 
     from pkpd_jax.dosing import Regimen
@@ -41,14 +42,16 @@ def _study_frame(pk: str, pd: str | None, n: int, seed: int, times, dose_mg: flo
     conc = np.asarray(sol.conc) * (1 + 0.1 * rng.standard_normal((n, all_t.size)))
     rows = []
     for i in range(n):
-        rows.append((i + 1, 0.0, dose_mg, None, 1, 1))
+        rows.append((i + 1, 0.0, dose_mg, None, 1, 1, 0))
         for j, t in enumerate(all_t):
             if t in times and t > 0:
-                rows.append((i + 1, float(t), 0.0, float(max(conc[i, j], 1e-9)), 0, 1))
+                c = float(max(conc[i, j], 1e-9))
+                blq = lloq is not None and c < lloq
+                rows.append((i + 1, float(t), 0.0, lloq if blq else c, 0, 1, int(blq)))
             if pd is not None and t in pd_times:
                 r = float(np.asarray(sol.resp)[i, j]) * (1 + 0.03 * rng.standard_normal())
-                rows.append((i + 1, float(t), 0.0, r, 0, 2))
-    df = pl.DataFrame(rows, schema=["ID", "TIME", "AMT", "DV", "EVID", "DVID"], orient="row")
+                rows.append((i + 1, float(t), 0.0, r, 0, 2, 0))
+    df = pl.DataFrame(rows, schema=["ID", "TIME", "AMT", "DV", "EVID", "DVID", "BLQ"], orient="row")
     # one row per event, dose first at time 0
     return df.sort(["ID", "TIME", "EVID"], descending=[False, False, True], maintain_order=True)
 
@@ -129,13 +132,21 @@ def test_clear_cut_one_compartment_iv_bolus_study_is_classified_pk_1c_iv():
     assert 5.0 / 1.5 < pk["params"]["CL"] < 5.0 * 1.5
     assert 50.0 / 1.5 < pk["params"]["V"] < 50.0 * 1.5
     assert res["pd"] is None and "no biomarker" in res["pd_note"]
+    assert res["pd_summary"] == {"class": None, "reason": res["pd_note"]}
+    assert all(r["pd"] is None and r["pd_reason"] == res["pd_note"] for r in res["subjects"])
+    assert res["pk_summary"]["class"] == "pk_1c_iv" and res["pk_summary"]["votes"] == pk["votes"]["pk_1c_iv"]
+
+
+PD_TIMES = np.array([0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 72, 96, 120, 168])
 
 
 def test_clear_cut_direct_inhibition_study_is_classified_pd_direct_inhib_emax():
-    times = np.array([0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 72, 96, 120, 168])
-    df = _study_frame("pk_1c_iv", "pd_direct_inhib_emax", n=16, seed=5, times=times, dose_mg=100.0,
-                      pd_times=np.concatenate([[0.0], times]))
+    # An assay LLOQ of 1/1000 of C0 (2 mg/L): without it the samples to 168 h would report
+    # concentrations down to 1e-7 of the peak, which no assay measures and no corpus contains.
+    df = _study_frame("pk_1c_iv", "pd_direct_inhib_emax", n=16, seed=5, times=PD_TIMES, dose_mg=100.0,
+                      pd_times=np.concatenate([[0.0], PD_TIMES]), lloq=0.002)
     res = C.classify_study(df)
+    assert res["notes"] == []
     assert res["pk"]["selected"] == "pk_1c_iv"
     pd = res["pd"]
     assert pd["selected"] == "pd_direct_inhib_emax" and pd["probabilities"]["pd_direct_inhib_emax"] > 0.9
@@ -160,6 +171,18 @@ def test_example_study_is_classified_with_the_documented_classes():
             assert 0.5 < value / TRUTH["population"][name] < 2.0, (fam, name, value)
 
 
+def test_concentrations_far_below_any_assay_lloq_get_a_note():
+    df = _study_frame("pk_1c_iv", None, n=4, seed=5, times=PD_TIMES, dose_mg=100.0)  # no LLOQ
+    subjects = C.study_subjects(df)
+    note = C.range_note(subjects)
+    assert note is not None and note.startswith("4 of 4 subjects") and "BLQ" in note
+    res = C.classify_study(df)
+    assert res["notes"] == [note] and any(line == f"note: {note}" for line in C.summary_lines(res))
+    # censored at an assay LLOQ of 1/1000 of C0: within the corpora's range, no note
+    assert C.range_note(C.study_subjects(_study_frame("pk_1c_iv", None, n=4, seed=5, times=PD_TIMES,
+                                                      dose_mg=100.0, lloq=0.002))) is None
+
+
 def test_too_few_observations_and_no_doses_are_clear_errors():
     df = pl.DataFrame({"ID": [1, 1, 1], "TIME": [0.0, 1.0, 2.0], "AMT": [100.0, 0.0, 0.0],
                        "DV": [None, 1.0, 0.5], "EVID": [1, 0, 0]})
@@ -176,7 +199,23 @@ def test_cli_json_has_the_documented_keys():
     res = _cli("classify", str(example_paths()[0]), "--json")
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
-    assert {"data", "n_subjects", "pk", "pd", "pd_note"} <= set(out)
+    assert {"subjects", "pk_summary", "pd_summary", "data", "n_subjects", "pk", "pd", "pd_note"} <= set(out)
+    # one record per subject; the 12 placebo subjects get null with the reason
+    assert len(out["subjects"]) == 48
+    placebo = [r for r in out["subjects"] if r["pk"] is None]
+    assert len(placebo) == 12
+    assert all(r["pd"] is None and r["pk_reason"] == "no dose (placebo)" for r in placebo)
+    for r in (r for r in out["subjects"] if r["pk"] is not None):
+        for fam in ("pk", "pd"):
+            assert set(r[fam]) == {"class", "probs", "params"}
+            assert sum(r[fam]["probs"].values()) == pytest.approx(1.0, abs=1e-5)
+            assert r[fam]["class"] == max(r[fam]["probs"], key=r[fam]["probs"].get)
+    for fam in ("pk", "pd"):
+        summ = out[f"{fam}_summary"]
+        assert summ["class"] == out[fam]["selected"] and summ["n_subjects"] == 36
+        assert summ["votes"] == sum(r[fam]["class"] == summ["class"] for r in out["subjects"] if r[fam])
+        assert all(v["p5"] <= v["median"] <= v["p95"] for v in summ["params"].values())
+        assert {k: v["median"] for k, v in summ["params"].items()} == pytest.approx(out[fam]["params"])
     for fam in ("pk", "pd"):
         r = out[fam]
         assert {"selected", "probabilities", "log_probability", "mean_subject_probabilities", "votes",

@@ -34,12 +34,12 @@ per-parameter median over the subjects used.
 accuracy: 0.80 PK, 0.49 PD over 10 classes each, each on its own corpus's test split). They know
 what their corpora showed them: in the PK corpus only ``pk_2c_iv_infusion`` is given by infusion,
 so an infused study is called ``pk_2c_iv_infusion`` whatever its number of compartments; the dose
-route (oral or IV) is not a feature and is inferred from the curve shape. The PD corpus has four
-designs (single dose, 7 daily, 14 daily, 4 weekly doses), half its subjects have concentration and
-biomarker samples at largely different times, and potency (EC50/IC50/slope) is drawn relative to
-each subject's exposure; the PK selector's corpus has only the first three designs and no
-14-dose schedule. Subjects with more than 25 observations or more than 14 doses are outside the
-training designs (they are still classified; the network takes any length). Pairs that make the
+route (oral or IV) is not a feature and is inferred from the curve shape. Both corpora have four
+designs (single dose, 7 daily, 14 daily, 4 weekly doses); in the PD corpus half the subjects have
+concentration and biomarker samples at largely different times, and potency (EC50/IC50/slope) is
+drawn relative to each subject's exposure. Subjects with more than 25 observations or more than
+14 doses are outside the training designs (they are still classified; the network takes any
+length). Pairs that make the
 same predictions for some parameters (``pd_indirect_inhib_kin`` / ``pd_indirect_stim_kout``,
 ``pd_direct_inhib_emax`` / ``pd_indirect_inhib_kin``, ``pk_2c_iv`` / ``pk_3c_iv``, ``pk_1c_iv`` /
 ``pk_1c_iv_mm``) account for most confusions; ``benchmarks/results/selector_transfer.md`` measures
@@ -68,7 +68,9 @@ __all__ = [
     "MIN_PD_CONC",
     "MIN_PD_RESP",
     "PROB_FLOOR",
+    "MIN_CONC_RANGE",
     "SubjectRecord",
+    "range_note",
     "pretrained_checkpoint",
     "load_selector",
     "study_subjects",
@@ -76,6 +78,8 @@ __all__ = [
     "aggregate",
     "classify_subjects",
     "classify_study",
+    "family_summary",
+    "subject_table",
 ]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
@@ -83,6 +87,10 @@ MIN_PK_OBS = 3
 MIN_PD_CONC = 1
 MIN_PD_RESP = 3
 PROB_FLOOR = 1e-4
+# The corpora censor concentrations below an LLOQ of 10^-3 to 10^-1.5 of the subject's peak (see
+# pkpd_jax.amortized.corpus): quantified values far below 10^-3 of the peak were never seen in
+# training (a margin of 2x for the noise on the observed peak).
+MIN_CONC_RANGE = 5e-4
 AGGREGATION = ("softmax of the summed per-subject log-probabilities (each floored at "
                f"{PROB_FLOOR:g}): the study posterior if all subjects share one class")
 
@@ -319,15 +327,74 @@ def classify_subjects(subjects: Sequence[SubjectRecord], family: str, checkpoint
     chosen = names.index(result["selected"])
     nat = denormalise_params(result["selected"], pred.params_normalised[:, chosen, :])
     result["params"] = {k: float(np.median(np.asarray(v, float).reshape(-1))) for k, v in nat.items()}
+    result["param_ranges"] = {}
+    for k, v in nat.items():
+        v = np.asarray(v, float).reshape(-1)
+        result["param_ranges"][k] = {"median": float(np.median(v)), "p5": float(np.percentile(v, 5)),
+                                     "p95": float(np.percentile(v, 95))}
     result["n_subjects"] = len(used)
     result["skipped"] = skipped
     result["aggregation"] = AGGREGATION
     result["subjects"] = [
         {"id": s.id, "class": pred.predicted[i], "probability": float(pred.probs[i].max()),
-         "probability_selected": float(pred.probs[i, chosen])}
+         "probability_selected": float(pred.probs[i, chosen]),
+         "probs": {c: float(pred.probs[i, j]) for j, c in enumerate(names)},
+         "params": denormalise_params(pred.predicted[i],
+                                      pred.params_normalised[i, names.index(pred.predicted[i])])}
         for i, s in enumerate(used)
     ]
     return result
+
+
+def range_note(subjects: Sequence[SubjectRecord]) -> str | None:
+    """A note when some subjects have quantified concentrations below ``MIN_CONC_RANGE`` of their
+    peak: the selectors never saw such values (their corpora censor at an assay's LLOQ), so their
+    choice is less reliable there. None when every subject is within range."""
+    low = []
+    for s in subjects:
+        q = s.conc[~s.conc_blq & np.isfinite(s.conc) & (s.conc > 0)]
+        if q.size >= 2 and q.min() < MIN_CONC_RANGE * q.max():
+            low.append(s.id)
+    if not low:
+        return None
+    ids = ", ".join(low[:5]) + (", ..." if len(low) > 5 else "")
+    return (f"{len(low)} of {len(subjects)} subjects have quantified concentrations below "
+            f"{MIN_CONC_RANGE:g} x their peak (IDs {ids}); the selectors were trained with an assay "
+            "LLOQ of 1e-3 to 3e-2 x the peak, so these values are outside what they know: flag "
+            "concentrations below the assay's LLOQ as BLQ (column BLQ = 1) for a reliable choice.")
+
+
+def family_summary(result: dict | None, note: str | None = None) -> dict:
+    """The study-level summary of one family (the ``pk_summary`` / ``pd_summary`` of the JSON):
+    the chosen class, its study probability, how many subjects voted for it, and its parameter
+    ranges over the subjects (median, 5th and 95th percentiles: usable as priors for the
+    population fit). ``{"class": None, "reason": ...}`` when the family was not classified."""
+    if result is None:
+        return {"class": None, "reason": note}
+    cls = result["selected"]
+    return {"class": cls, "probability": result["probabilities"][cls],
+            "votes": result["votes"].get(cls, 0), "n_subjects": result["n_subjects"],
+            "rule": result["aggregation"], "params": result["param_ranges"]}
+
+
+def subject_table(subjects: Sequence[SubjectRecord], pk: dict, pd: dict | None, pd_note: str | None) -> list:
+    """One record per subject of the study: ``{"ID", "pk", "pd"}``, each family
+    ``{"class", "probs", "params"}`` (the subject's own most probable class and its parameters) or
+    None with ``pk_reason`` / ``pd_reason`` saying why it was not classified."""
+    rows = []
+    by_id = {f: {r["id"]: r for r in res["subjects"]} if res else {} for f, res in (("pk", pk), ("pd", pd))}
+    skipped = {"pk": pk["skipped"], "pd": pd["skipped"] if pd else {}}
+    for s in subjects:
+        row: dict[str, Any] = {"ID": s.id}
+        for fam in ("pk", "pd"):
+            r = by_id[fam].get(s.id)
+            if r is None:
+                row[fam] = None
+                row[f"{fam}_reason"] = skipped[fam].get(s.id) or pd_note or "not classified"
+            else:
+                row[fam] = {"class": r["class"], "probs": r["probs"], "params": r["params"]}
+        rows.append(row)
+    return rows
 
 
 def classify_study(data, *, checkpoint_pk: Any = None, checkpoint_pd: Any = None) -> dict:
@@ -336,7 +403,10 @@ def classify_study(data, *, checkpoint_pk: Any = None, checkpoint_pd: Any = None
     **Arguments:** `data`: a NONMEM-style CSV path or polars frame; `checkpoint_pk`,
     `checkpoint_pd`: selector checkpoints (default: the shipped ones).
 
-    **Returns:** ``{"data", "n_subjects", "pk": {...}, "pd": {...} or None, "pd_note"}``; each family
+    **Returns:** ``{"subjects", "pk_summary", "pd_summary", "data", "n_subjects", "pk": {...},
+    "pd": {...} or None, "pd_note", "notes"}``: ``subjects`` from [`subject_table`][], the
+    summaries from [`family_summary`][], ``notes`` warnings about the data (e.g.
+    [`range_note`][]); each family
     entry has ``selected``, ``probabilities`` (study posterior, best first), ``log_probability``,
     ``mean_subject_probabilities``, ``votes``, ``params`` (median natural-unit parameters of the
     selected class), ``n_subjects`` (used), ``skipped`` (``{ID: reason}``), ``aggregation`` and
@@ -352,6 +422,7 @@ def classify_study(data, *, checkpoint_pk: Any = None, checkpoint_pd: Any = None
         "pk": classify_subjects(subjects, "pk", checkpoint_pk),
         "pd": None,
         "pd_note": None,
+        "notes": [n for n in (range_note(subjects),) if n],
     }
     if not any(len(s.resp_times) for s in subjects):
         out["pd_note"] = "no biomarker observations (DVID 2): PK only"
@@ -362,7 +433,10 @@ def classify_study(data, *, checkpoint_pk: Any = None, checkpoint_pd: Any = None
             if "no subject can be classified" not in str(e):
                 raise
             out["pd_note"] = str(e)
-    return out
+    return {"subjects": subject_table(subjects, out["pk"], out["pd"], out["pd_note"]),
+            "pk_summary": family_summary(out["pk"]),
+            "pd_summary": family_summary(out["pd"], out["pd_note"]),
+            **out}
 
 
 def summary_lines(result: dict) -> list[str]:
@@ -382,6 +456,7 @@ def summary_lines(result: dict) -> list[str]:
         lines.append(f"    study probabilities: {best}")
         lines.append(f"    per-subject votes: {votes}")
         lines.append(f"    median parameters: {params}")
+    lines.extend(f"note: {n}" for n in result.get("notes", []))
     return lines
 
 
