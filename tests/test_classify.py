@@ -169,6 +169,10 @@ def test_example_study_is_classified_with_the_documented_classes():
     for fam in ("pk", "pd"):
         for name, value in res[fam]["params"].items():
             assert 0.5 < value / TRUTH["population"][name] < 2.0, (fam, name, value)
+    # the text summary shows each median with its 5th-95th percentile range
+    ic50 = res["pd"]["param_ranges"]["IC50"]
+    text = "\n".join(C.summary_lines(res))
+    assert f"IC50={C._fmt(ic50['median'])} ({C._fmt(ic50['p5'])}-{C._fmt(ic50['p95'])})" in text
 
 
 def test_concentrations_far_below_any_assay_lloq_get_a_note():

@@ -450,12 +450,14 @@ def summary_lines(result: dict) -> list[str]:
         probs = list(r["probabilities"].items())
         best = ", ".join(f"{k} {v:.3g}" for k, v in probs[:3])
         votes = ", ".join(f"{k} {v}" for k, v in r["votes"].items())
-        params = ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
+        rng = r.get("param_ranges", {})
+        span = lambda k: f" ({_fmt(rng[k]['p5'])}-{_fmt(rng[k]['p95'])})" if k in rng else ""
+        params = ", ".join(f"{k}={_fmt(v)}{span(k)}" for k, v in r["params"].items())
         lines.append(f"{fam.upper()}: {r['selected']} (p = {probs[0][1]:.3g}; {r['n_subjects']} subjects, "
                      f"{len(r['skipped'])} skipped)")
         lines.append(f"    study probabilities: {best}")
         lines.append(f"    per-subject votes: {votes}")
-        lines.append(f"    median parameters: {params}")
+        lines.append(f"    median parameters (5th-95th percentile over subjects): {params}")
     lines.extend(f"note: {n}" for n in result.get("notes", []))
     return lines
 
