@@ -28,7 +28,8 @@ so that a disagreement between subjects stays visible.
 **Parameters.** For the chosen class, each subject's regressed parameters (the network's
 parameter row of that class, in natural units via
 [`denormalise_params`][pkpd_jax.amortized.batches.denormalise_params]); the study value is the
-per-parameter median over the subjects used.
+per-parameter median over the subjects used, reported with the 5th and 95th percentiles as a
+range usable for the population fit's priors.
 
 **Limitations of the shipped selectors** (see ``pretrained/selectors.json`` for their test
 accuracy: 0.80 PK, 0.49 PD over 10 classes each, each on its own corpus's test split). They know
@@ -39,11 +40,12 @@ designs (single dose, 7 daily, 14 daily, 4 weekly doses); in the PD corpus half 
 concentration and biomarker samples at largely different times, and potency (EC50/IC50/slope) is
 drawn relative to each subject's exposure. Subjects with more than 25 observations or more than
 14 doses are outside the training designs (they are still classified; the network takes any
-length). Pairs that make the
-same predictions for some parameters (``pd_indirect_inhib_kin`` / ``pd_indirect_stim_kout``,
-``pd_direct_inhib_emax`` / ``pd_indirect_inhib_kin``, ``pk_2c_iv`` / ``pk_3c_iv``, ``pk_1c_iv`` /
-``pk_1c_iv_mm``) account for most confusions; ``benchmarks/results/selector_transfer.md`` measures
-the PD selector on simulated studies of the bundled design (right class in 20 of 30 studies).
+length); so are quantified concentrations far below any assay's LLOQ (see [`range_note`][]).
+Pairs that make the same predictions for some parameters (``pd_indirect_inhib_kin`` /
+``pd_indirect_stim_kout``, ``pd_direct_inhib_emax`` / ``pd_indirect_inhib_kin``, ``pk_2c_iv`` /
+``pk_3c_iv``, ``pk_1c_iv`` / ``pk_1c_iv_mm``) account for most confusions;
+``benchmarks/results/selector_transfer.md`` measures the PD selector on simulated studies of the
+bundled design (right class in 20 of 30 studies).
 
 **Checkpoints.** The selectors shipped with the package live in ``pretrained/pk`` and
 ``pretrained/pd`` next to this module (see ``experiments/train_selectors.py``); any training
@@ -390,7 +392,8 @@ def subject_table(subjects: Sequence[SubjectRecord], pk: dict, pd: dict | None, 
             r = by_id[fam].get(s.id)
             if r is None:
                 row[fam] = None
-                row[f"{fam}_reason"] = skipped[fam].get(s.id) or pd_note or "not classified"
+                row[f"{fam}_reason"] = (skipped[fam].get(s.id) or (pd_note if fam == "pd" else None)
+                                        or "not classified")
             else:
                 row[fam] = {"class": r["class"], "probs": r["probs"], "params": r["params"]}
         rows.append(row)
