@@ -72,7 +72,9 @@ def test_shipped_selector_loads_and_matches_the_feature_code(family):
     assert ev["n"] >= 5_000 and ev["class_names"] == list(class_names(family))
     rec = json.loads((C.PRETRAINED_DIR / "selectors.json").read_text())["families"][family]
     assert rec["test"]["accuracy"] == pytest.approx(ev["accuracy"])
-    assert ev["accuracy"] > 0.45  # well above chance (0.1); exact figures in selectors.json
+    # well above chance (0.1); exact figures in selectors.json. The PD corpus (separate
+    # concentration/biomarker times, exposure-relative potency) is harder than the PK one.
+    assert ev["accuracy"] > {"pk": 0.75, "pd": 0.45}[family]
 
 
 def test_shipped_selectors_are_in_the_wheel_file_list():
@@ -141,7 +143,7 @@ PD_TIMES = np.array([0.5, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 72, 96, 120, 168
 
 
 def test_clear_cut_direct_inhibition_study_is_classified_pd_direct_inhib_emax():
-    # An assay LLOQ of 1/1000 of C0 (2 mg/L): without it the samples to 168 h would report
+    # An assay LLOQ of 0.002 mg/L, 1/1000 of C0 (100 mg / 50 L): without it the samples to 168 h would report
     # concentrations down to 1e-7 of the peak, which no assay measures and no corpus contains.
     df = _study_frame("pk_1c_iv", "pd_direct_inhib_emax", n=16, seed=5, times=PD_TIMES, dose_mg=100.0,
                       pd_times=np.concatenate([[0.0], PD_TIMES]), lloq=0.002)

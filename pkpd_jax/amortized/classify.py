@@ -328,12 +328,11 @@ def classify_subjects(subjects: Sequence[SubjectRecord], family: str, checkpoint
     result = aggregate(pred.probs, names)
     chosen = names.index(result["selected"])
     nat = denormalise_params(result["selected"], pred.params_normalised[:, chosen, :])
-    result["params"] = {k: float(np.median(np.asarray(v, float).reshape(-1))) for k, v in nat.items()}
     result["param_ranges"] = {}
     for k, v in nat.items():
-        v = np.asarray(v, float).reshape(-1)
-        result["param_ranges"][k] = {"median": float(np.median(v)), "p5": float(np.percentile(v, 5)),
-                                     "p95": float(np.percentile(v, 95))}
+        p5, median, p95 = np.percentile(np.asarray(v, float).reshape(-1), [5, 50, 95])
+        result["param_ranges"][k] = {"median": float(median), "p5": float(p5), "p95": float(p95)}
+    result["params"] = {k: r["median"] for k, r in result["param_ranges"].items()}
     result["n_subjects"] = len(used)
     result["skipped"] = skipped
     result["aggregation"] = AGGREGATION
