@@ -131,7 +131,7 @@ def _population(cfg, draw, name, rtol, atol):
 
     from pkpd_jax.amortized.corpus import _class_args, _model
     from pkpd_jax.dosing import Regimen
-    from pkpd_jax.simulate import SolverConfig, simulate_population
+    from pkpd_jax.solve import SolverConfig, simulate_population
 
     model = _model(cfg, name)
     rows = np.arange(draw["label"].size)

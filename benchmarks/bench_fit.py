@@ -32,7 +32,7 @@ import sys
 def _early_devices() -> None:
     # One JAX host device per core, before JAX starts (as the command line does).
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    from pkpd_jax._devices import use_host_devices
+    from pkpd_jax.devices import use_host_devices
 
     use_host_devices()
 
@@ -221,7 +221,7 @@ def main(argv=None) -> None:
     from pkpd_jax.data.example import example_paths
 
     if args.cache:
-        from pkpd_jax._devices import use_compilation_cache
+        from pkpd_jax.devices import use_compilation_cache
 
         use_compilation_cache(args.cache)
 

@@ -14,7 +14,7 @@ changes on a shared machine hit them alike):
 * ``reverse``: the same with ``gradient="reverse"`` (diffrax ``RecursiveCheckpointAdjoint``).
 * ``after rtol=…``: ``method="auto"`` (the default): one adaptive Tsit5 loop per subject over the
   whole horizon, all subjects (and all chains, under ``vmap``) in one batched loop, forward
-  sensitivities integrated alongside (``pkpd_jax.simulate._solve_erk``), at the tolerances given
+  sensitivities integrated alongside (``pkpd_jax.solve.solve_erk``), at the tolerances given
   (``atol = rtol/1000``); the package default (``DEFAULT_CONFIG``) is marked.
 
 Measured, after compilation: ``logdensity`` (1 chain), ``value_and_grad`` (1 chain) and
@@ -75,10 +75,14 @@ def main(argv=None):
 
     from pkpd_jax.data import Dataset, read_nonmem
     from pkpd_jax.data.example import example_paths
-    from pkpd_jax.dosing import Regimen
+    from pkpd_jax.dosing import Regimen, count_le, event_grid, stable_argsort
     from pkpd_jax.inference.population import DEFAULT_CONFIG, PopulationModel, fit_map
     from pkpd_jax.models import get_model
-    from pkpd_jax.simulate import SolverConfig, _argsort, _count_le, _events, _solve_erk, _vf
+    from pkpd_jax.solve import SolverConfig, solve_erk
+
+    def _vf(t, y, args):
+        m, th, rate = args
+        return m.vector_field(t, y, th, rate)
 
     warnings.simplefilter("ignore")
     load_start = os.getloadavg()
@@ -172,7 +176,7 @@ def main(argv=None):
 
     def erk_steps(cfg):
         def one(th, t, a, b, c, d):
-            return _solve_erk(model, th, Regimen(a, b, c, d), t, cfg)[3]
+            return solve_erk(model, th, Regimen(a, b, c, d), t, cfg)[3]
 
         return np.asarray(
             jax.jit(jax.vmap(one))(theta, times_obs, reg.time, reg.amount, reg.duration, reg.cmt)
@@ -183,15 +187,15 @@ def main(argv=None):
 
         def one(th, ts, a, b, c, d):
             regimen = Regimen(a, b, c, d)
-            ts_sorted = ts[_argsort(ts)]
+            ts_sorted = ts[stable_argsort(ts)]
             y0 = model.init(th)
             t_begin = jnp.minimum(ts_sorted[0], jnp.min(regimen.time))
-            bounds, kicks, rates = _events(model, th, regimen, t_begin, ts_sorted[-1])
+            bounds, kicks, rates = event_grid(model, th, regimen, t_begin, ts_sorted[-1])
             grid = jnp.concatenate([ts_sorted, bounds[:-1]])
             kick = jnp.concatenate([jnp.zeros((ts.shape[0], y0.shape[0])), kicks])
-            g = _argsort(grid)
+            g = stable_argsort(grid)
             grid, kick = grid[g], kick[g]
-            rate = rates[jnp.clip(_count_le(bounds[:-1], grid) - 1, 0, rates.shape[0] - 1)]
+            rate = rates[jnp.clip(count_le(bounds[:-1], grid) - 1, 0, rates.shape[0] - 1)]
             t_next = jnp.concatenate([grid[1:], grid[-1:]])
 
             def step(y, k):

@@ -92,7 +92,7 @@ def bench(n: int, seed: int, repeats: int, chunk: int | None):
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
     from pkpd_jax.pbpk import ORAL_CMT, clearance_analytic
-    from pkpd_jax.simulate import simulate_population
+    from pkpd_jax.solve import simulate_population
 
     records = []
     cases = {

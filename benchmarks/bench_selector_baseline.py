@@ -27,7 +27,7 @@ non-positive observation is left out), and ``BIC = n_R log(RSS_R/n_R) + (p_PD + 
 **Optimiser.** A batched Levenberg-Marquardt (all subjects × starts of a class advance together),
 in the class's normalised log-parameters ``z = (log θ − μ)/σ_prior`` (clipped to ±8 prior SDs),
 with the Jacobian from the forward sensitivities of the simulator's one-loop Runge-Kutta path
-(`pkpd_jax.simulate._solve_erk`, Tsit5, float64, rtol 1e-6, atol 1e-9), ``--iters`` iterations;
+(`pkpd_jax.solve.solve_erk`, Tsit5, float64, rtol 1e-6, atol 1e-9), ``--iters`` iterations;
 a step is kept only when it lowers the residual sum of squares (per-subject damping: ÷3 on
 success, ×4 on failure). A failed simulation counts as an infinite RSS; a prediction below
 1e-12 at a used observation (e.g. a concentration before a lag time) is floored there.
@@ -154,7 +154,7 @@ def _make_residuals(pk: str, pd: str | None = None):
 
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
-    from pkpd_jax.simulate import SolverConfig, _solve_erk
+    from pkpd_jax.solve import SolverConfig, solve_erk
 
     model = get_model(pk, pd)
     free = model.pk_params if pd is None else model.pd_params
@@ -170,7 +170,7 @@ def _make_residuals(pk: str, pd: str | None = None):
         theta_free, dtheta_dz = transform(z)
         theta = theta_free if pd is None else jnp.concatenate([theta_fixed, theta_free])
         reg = Regimen(dt_, da, dd, cmt)
-        states, dstates, status, _ = _solve_erk(model, theta, reg, ts, cfg, True)
+        states, dstates, status, _ = solve_erk(model, theta, reg, ts, cfg, True)
         pred = jax.vmap(obs_of, in_axes=(0, None))(states, theta)
         gy, gth = jax.vmap(jax.grad(obs_of, argnums=(0, 1)), in_axes=(0, None))(states, theta)
         dpred = (jnp.einsum("tn,tnp->tp", gy, dstates) + gth)[:, n_fixed:]  # w.r.t. the free θ

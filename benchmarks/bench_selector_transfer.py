@@ -74,7 +74,7 @@ Z_MAX = 2.0
 
 
 def _solver():
-    from pkpd_jax.simulate import SolverConfig
+    from pkpd_jax.solve import SolverConfig
 
     return SolverConfig(rtol=1e-10, atol=1e-12)
 
@@ -161,7 +161,7 @@ def _make_study(pd_class, seed, study, n_subjects, z_max, noise):
 
     from pkpd_jax.data.example import PD_TIMES, PK_TIMES, TRUTH, _jitter, _sig6, individual_parameters
     from pkpd_jax.dosing import Regimen, stack_regimens
-    from pkpd_jax.simulate import STATUS_MESSAGES, simulate_population
+    from pkpd_jax.solve import STATUS_MESSAGES, simulate_population
 
     classes = pd_class_names()
     if pd_class not in classes:

@@ -135,7 +135,7 @@ def bench_pkpd(sizes, seed, repeats, chunks_override, subset, label):
 
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
-    from pkpd_jax.simulate import SolverConfig, simulate_population
+    from pkpd_jax.solve import SolverConfig, simulate_population
 
     model = get_model(*PKPD)
     assert model.param_names == tuple(TYPICAL), model.param_names
@@ -291,7 +291,7 @@ def bench_pk(sizes, seed, repeats):
 
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
-    from pkpd_jax.simulate import SolverConfig, simulate_population
+    from pkpd_jax.solve import SolverConfig, simulate_population
 
     model = get_model(PKPD[0])
     regimen = Regimen.repeated(DOSE, TAU, N_DOSES, duration=T_INF)

@@ -44,7 +44,7 @@ def _ode_check(data, n_drugs: int) -> list[dict]:
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
     from pkpd_jax.pbpk import SPECIES, clearance_analytic, pbpk_params
-    from pkpd_jax.simulate import simulate
+    from pkpd_jax.solve import simulate
 
     model = get_model("pbpk_whole_body")
     out = []

@@ -71,7 +71,7 @@ def throughput(result, corpus, idx: np.ndarray, repeats: int, log=print) -> dict
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
     from pkpd_jax.pbpk.forecast import _N_RAW, forecast_fn, predict
-    from pkpd_jax.simulate import SolverConfig, simulate_population
+    from pkpd_jax.solve import SolverConfig, simulate_population
 
     n = idx.size
     model = get_model("pbpk_whole_body")

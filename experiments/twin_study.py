@@ -67,7 +67,7 @@ def study_active(
 
     from pkpd_jax.data.example import PK_TIMES
     from pkpd_jax.dosing import Regimen
-    from pkpd_jax.simulate import SolverConfig, simulate_population
+    from pkpd_jax.solve import SolverConfig, simulate_population
     from pkpd_jax.twin.active import expected_variance, sensitivities, target_direction
     from pkpd_jax.twin.posterior import PatientRecord, individual_posteriors
 
@@ -181,7 +181,7 @@ def study_calibration(pop, truth, n: int, seed: int, n_samples: int = 200, log=p
     import jax.numpy as jnp
 
     from pkpd_jax.dosing import Regimen
-    from pkpd_jax.simulate import SolverConfig, simulate_population
+    from pkpd_jax.solve import SolverConfig, simulate_population
     from pkpd_jax.trials.dose_search import REGIMENS
     from pkpd_jax.trials.exposure import steady_state_extremes
     from pkpd_jax.twin.forecast import DoseTable

@@ -29,7 +29,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .data import DataValidationError
     from .dosing import DosingError
     from .models import ParameterError, UnknownModelError
-    from .simulate import SimulationError
+    from .solve import SimulationError
 
     return (
         DataValidationError,
@@ -139,7 +139,7 @@ def simulate(
 
     from .dosing import Regimen
     from .models import get_model
-    from .simulate import SimulationError, SolverConfig, simulate as run_sim
+    from .solve import SimulationError, SolverConfig, simulate as run_sim
 
     model = get_model(pk, pd)
     theta = model.pack(_parse_kv(params, "--params"))
@@ -578,7 +578,7 @@ _register_subpackage_commands()
 
 
 def main() -> None:  # console-script entry point
-    from ._devices import use_compilation_cache, use_host_devices
+    from .devices import use_compilation_cache, use_host_devices
 
     use_host_devices()  # one JAX device per core: a fit's chains run on all cores
     use_compilation_cache()  # a second fit/run of the same study skips compilation

@@ -19,15 +19,26 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .errors import PkpdError
 
-__all__ = ["Regimen", "DosingError", "stack_regimens"]
+
+__all__ = [
+    "Regimen",
+    "DosingError",
+    "stack_regimens",
+    "event_grid",
+    "stable_argsort",
+    "inverse_permutation",
+    "count_le",
+]
 
 
-class DosingError(ValueError):
+class DosingError(PkpdError, ValueError):
     """A regimen that cannot be simulated (negative amount, bad string, mismatched lengths)."""
 
 
@@ -203,3 +214,72 @@ def stack_regimens(regimens: Sequence[Regimen]) -> Regimen:
         duration=jnp.stack([r.duration for r in padded]),
         cmt=jnp.stack([r.cmt for r in padded]),
     )
+
+
+# ---------------------------------------------------------------------------- event grid
+def stable_argsort(x):
+    """Stable argsort of a short vector by counting comparisons.
+
+    Grids here hold tens of points; under `vmap` on CPU, XLA's sort is far slower than this
+    O(n²) elementwise count (which fuses into one loop). Ties keep their input order.
+    """
+    n = x.shape[0]
+    idx = jnp.arange(n)
+    before = (x[None, :] < x[:, None]) | ((x[None, :] == x[:, None]) & (idx[None, :] < idx[:, None]))
+    rank = jnp.sum(before, axis=1)
+    return jnp.zeros(n, idx.dtype).at[rank].set(idx, unique_indices=True)
+
+
+def inverse_permutation(perm):
+    """The inverse of a permutation vector."""
+    return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]), unique_indices=True)
+
+
+def count_le(sorted_points, x):
+    """``searchsorted(sorted_points, x, side="right")`` as an elementwise count."""
+    return jnp.sum(sorted_points[None, :] <= x[:, None], axis=1)
+
+
+def event_grid(model, theta, regimen: Regimen, t_begin, horizon):
+    """The one encoding of a regimen as events, consumed by every engine (one subject).
+
+    **Arguments:** `model` (a `PKPDModel`: states, lag time, dose compartment and default
+    infusion duration), `theta` (its parameters), `regimen` (padded; zero-amount doses are
+    padding), `t_begin` and `horizon` (doses outside ``[t_begin, horizon]`` are ignored).
+
+    **Returns:** ``(bounds, kicks, rates)``: `bounds` (2·doses + 2,) the sorted segment
+    boundaries from `t_begin` to `horizon` (each dose contributes its start, shifted by the lag
+    time, and its infusion end; unused events sit at the horizon as zero-length segments);
+    `kicks` (2·doses + 1, states) the bolus applied at each segment start; `rates`
+    (2·doses + 1, states) the zero-order input during each segment. Segments never straddle an
+    event, so an infusion is on for a whole segment or not at all. A dose's compartment is
+    `regimen.cmt`, or the model's dose compartment where `cmt < 0`; its duration is
+    `regimen.duration`, or the model's default where it is 0 (an infusion model).
+    """
+    n = model.n_states
+    dtype = theta.dtype
+    start = regimen.time.astype(dtype) + model.lag_time(theta)
+    dur = jnp.where(regimen.duration > 0, regimen.duration, model.pk.default_duration).astype(dtype)
+    real = (regimen.amount > 0) & (start >= t_begin) & (start <= horizon)
+    amt = jnp.where(real, regimen.amount, 0.0).astype(dtype)
+    cmt = jnp.where(regimen.cmt < 0, model.pk.dose_cmt, regimen.cmt)
+    onehot = jax.nn.one_hot(cmt, n, dtype=dtype)
+    is_inf = dur > 0
+    zeros = jnp.zeros_like(amt)
+
+    # Events: one start and one end per dose; unused events sit at the horizon (zero-length).
+    ev_start = jnp.where(real, start, horizon)
+    ev_end = jnp.where(real & is_inf, jnp.minimum(start + dur, horizon), horizon)
+    ev_time = jnp.concatenate([ev_start, ev_end])
+    bolus = jnp.where(is_inf, zeros, amt)[:, None] * onehot
+    ev_bolus = jnp.concatenate([bolus, jnp.zeros_like(bolus)])
+    order = stable_argsort(ev_time)
+    bounds = jnp.concatenate([t_begin[None], ev_time[order], horizon[None]])
+    kicks = jnp.concatenate([jnp.zeros((1, n), dtype), ev_bolus[order]])
+
+    # Segments never straddle an event, so an infusion is on for a whole segment or not at all.
+    inf_rate = jnp.where(is_inf, amt / jnp.where(is_inf, dur, 1.0), 0.0)
+    seg_start = bounds[:-1]
+    active = (start[None, :] <= seg_start[:, None]) & (seg_start[:, None] < (start + dur)[None, :])
+    rates = (active * inf_rate[None, :]) @ onehot
+    return bounds, kicks, rates

@@ -37,6 +37,7 @@ zero likelihood). Failed trajectories are never returned silently.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 
 import diffrax as dfx
@@ -47,7 +48,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from .dosing import Regimen
+from .dosing import Regimen, count_le, event_grid, inverse_permutation, stable_argsort
+from .errors import PkpdError
 from .models.coupling import PKPDModel
 
 
@@ -61,9 +63,20 @@ __all__ = [
     "steady_state",
     "simulate_steady_state",
     "STATUS_MESSAGES",
+    "Status",
 ]
 
-SUCCESS, MAX_STEPS, NONFINITE, SOLVER_FAILURE, NOT_STEADY = 0, 1, 2, 3, 4
+class Status(enum.IntEnum):
+    """The one status enumeration of every engine (an `int32` code per subject in results)."""
+
+    SUCCESS = 0
+    MAX_STEPS = 1
+    NONFINITE = 2
+    SOLVER_FAILURE = 3
+    NOT_STEADY = 4
+
+
+SUCCESS, MAX_STEPS, NONFINITE, SOLVER_FAILURE, NOT_STEADY = (int(s) for s in Status)
 STATUS_MESSAGES = {
     SUCCESS: "success",
     MAX_STEPS: "the ODE solver reached max_steps; increase `max_steps`, or use a stiff solver "
@@ -76,7 +89,7 @@ STATUS_MESSAGES = {
 }
 
 
-class SimulationError(RuntimeError):
+class SimulationError(PkpdError, RuntimeError):
     """A simulation failed for some subjects; `.subjects` and `.status` say which and why."""
 
     def __init__(self, subjects: np.ndarray, status: np.ndarray):
@@ -137,59 +150,6 @@ def _vf(t, y, args):
     return model.vector_field(t, y, theta, rate)
 
 
-def _argsort(x):
-    """Stable argsort of a short vector by counting comparisons.
-
-    Grids here hold tens of points; under `vmap` on CPU, XLA's sort is far slower than this
-    O(n²) elementwise count (which fuses into one loop). Ties keep their input order.
-    """
-    n = x.shape[0]
-    idx = jnp.arange(n)
-    before = (x[None, :] < x[:, None]) | ((x[None, :] == x[:, None]) & (idx[None, :] < idx[:, None]))
-    rank = jnp.sum(before, axis=1)
-    return jnp.zeros(n, idx.dtype).at[rank].set(idx, unique_indices=True)
-
-
-def _inverse_permutation(perm):
-    return jnp.zeros_like(perm).at[perm].set(jnp.arange(perm.shape[0]), unique_indices=True)
-
-
-def _count_le(sorted_points, x):
-    """``searchsorted(sorted_points, x, side="right")`` as an elementwise count."""
-    return jnp.sum(sorted_points[None, :] <= x[:, None], axis=1)
-
-
-def _events(model: PKPDModel, theta, regimen: Regimen, t_begin, horizon):
-    """Sorted segment boundaries, the bolus applied at each segment start, and segment rates."""
-    n = model.n_states
-    dtype = theta.dtype
-    start = regimen.time.astype(dtype) + model.lag_time(theta)
-    dur = jnp.where(regimen.duration > 0, regimen.duration, model.pk.default_duration).astype(dtype)
-    real = (regimen.amount > 0) & (start >= t_begin) & (start <= horizon)
-    amt = jnp.where(real, regimen.amount, 0.0).astype(dtype)
-    cmt = jnp.where(regimen.cmt < 0, model.pk.dose_cmt, regimen.cmt)
-    onehot = jax.nn.one_hot(cmt, n, dtype=dtype)
-    is_inf = dur > 0
-    zeros = jnp.zeros_like(amt)
-
-    # Events: one start and one end per dose; unused events sit at the horizon (zero-length).
-    ev_start = jnp.where(real, start, horizon)
-    ev_end = jnp.where(real & is_inf, jnp.minimum(start + dur, horizon), horizon)
-    ev_time = jnp.concatenate([ev_start, ev_end])
-    bolus = jnp.where(is_inf, zeros, amt)[:, None] * onehot
-    ev_bolus = jnp.concatenate([bolus, jnp.zeros_like(bolus)])
-    order = _argsort(ev_time)
-    bounds = jnp.concatenate([t_begin[None], ev_time[order], horizon[None]])
-    kicks = jnp.concatenate([jnp.zeros((1, n), dtype), ev_bolus[order]])
-
-    # Segments never straddle an event, so an infusion is on for a whole segment or not at all.
-    inf_rate = jnp.where(is_inf, amt / jnp.where(is_inf, dur, 1.0), 0.0)
-    seg_start = bounds[:-1]
-    active = (start[None, :] <= seg_start[:, None]) & (seg_start[:, None] < (start + dur)[None, :])
-    rates = (active * inf_rate[None, :]) @ onehot
-    return bounds, kicks, rates
-
-
 def _solve(model: PKPDModel, theta, regimen: Regimen, ts, y0, t0, cfg: SolverConfig):
     """States at `ts` (any order), the state at the last time, and a status code (one subject).
 
@@ -202,7 +162,7 @@ def _solve(model: PKPDModel, theta, regimen: Regimen, ts, y0, t0, cfg: SolverCon
     dtype = theta.dtype
     ts = jnp.asarray(ts, dtype)
     n_obs = ts.shape[0]
-    order = _argsort(ts)
+    order = stable_argsort(ts)
     ts_sorted = ts[order]
     horizon = ts_sorted[-1]
     y0 = model.init(theta) if y0 is None else jnp.asarray(y0, dtype)
@@ -211,13 +171,13 @@ def _solve(model: PKPDModel, theta, regimen: Regimen, ts, y0, t0, cfg: SolverCon
         if t0 is None
         else jnp.minimum(jnp.asarray(t0, dtype), ts_sorted[0])
     ).astype(dtype)
-    bounds, kicks, rates = _events(model, theta, regimen, t_begin, horizon)
+    bounds, kicks, rates = event_grid(model, theta, regimen, t_begin, horizon)
 
     grid = jnp.concatenate([ts_sorted, bounds[:-1]])
     grid_kick = jnp.concatenate([jnp.zeros((n_obs, y0.shape[0]), dtype), kicks])
-    g_order = _argsort(grid)  # observations sort before events at equal times
+    g_order = stable_argsort(grid)  # observations sort before events at equal times
     grid, grid_kick = grid[g_order], grid_kick[g_order]
-    seg = _count_le(bounds[:-1], grid) - 1
+    seg = count_le(bounds[:-1], grid) - 1
     grid_rate = rates[jnp.clip(seg, 0, rates.shape[0] - 1)]
     t_next = jnp.concatenate([grid[1:], grid[-1:]])
     if _use_expm(model, cfg):
@@ -225,8 +185,8 @@ def _solve(model: PKPDModel, theta, regimen: Regimen, ts, y0, t0, cfg: SolverCon
         status = jnp.array(SUCCESS, jnp.int32)
     else:
         records, status = _propagate_ode(model, theta, y0, grid, t_next, grid_kick, grid_rate, cfg)
-    obs_pos = _inverse_permutation(g_order)[:n_obs]  # where each sorted observation landed in the grid
-    states = records[obs_pos][_inverse_permutation(order)]
+    obs_pos = inverse_permutation(g_order)[:n_obs]  # where each sorted observation landed in the grid
+    states = records[obs_pos][inverse_permutation(order)]
     y_end = records[-1]
     finite = jnp.all(jnp.isfinite(records))
     status = jnp.where((status == SUCCESS) & ~finite, NONFINITE, status)
@@ -651,12 +611,12 @@ def _erk_batched(model: PKPDModel, cfg: SolverConfig, sens: bool, theta, ts, r_t
     def setup(theta, ts, r_time, r_amount, r_dur, r_cmt):
         regimen = Regimen(r_time, r_amount, r_dur, r_cmt)
         dtype = theta.dtype
-        order = _argsort(ts)
+        order = stable_argsort(ts)
         ts_sorted = ts[order]
         y0 = model.init(theta)
         n = y0.shape[0]
         t_begin = jnp.minimum(ts_sorted[0], jnp.min(regimen.time + model.lag_time(theta))).astype(dtype)
-        bounds, kicks, rates = _events(model, theta, regimen, t_begin, ts_sorted[-1])
+        bounds, kicks, rates = event_grid(model, theta, regimen, t_begin, ts_sorted[-1])
         inf = jnp.asarray(jnp.inf, dtype)
         ev_uid, ev_t = _unique_sorted(bounds[:-1], inf)
         ob_uid, ob_t = _unique_sorted(ts_sorted, inf)
@@ -692,7 +652,7 @@ def _erk_batched(model: PKPDModel, cfg: SolverConfig, sens: bool, theta, ts, r_t
         c = land(c, inv, True)
         del c["event"]
         c["h"] = initial_step(t_begin, c["y"], c["rate"], theta)
-        return c, inv, ob_uid[_inverse_permutation(order)]
+        return c, inv, ob_uid[inverse_permutation(order)]
 
     def is_active(c, inv):
         return (c["o"] < inv["n_uobs"]) & (c["status"] == SUCCESS)

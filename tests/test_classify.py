@@ -30,7 +30,7 @@ def _study_frame(pk: str, pd: str | None, n: int, seed: int, times, dose_mg: flo
 
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
-    from pkpd_jax.simulate import simulate_population
+    from pkpd_jax.solve import simulate_population
 
     model = get_model(pk, pd)
     rng = np.random.default_rng(seed)

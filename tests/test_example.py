@@ -16,7 +16,7 @@ jax.config.update("jax_enable_x64", True)
 from pkpd_jax.data import Dataset  # noqa: E402
 from pkpd_jax.data.example import TRUTH, example_paths, load_example, write_example  # noqa: E402
 from pkpd_jax.models import get_model  # noqa: E402
-from pkpd_jax.simulate import SolverConfig, simulate_population  # noqa: E402
+from pkpd_jax.solve import SolverConfig, simulate_population  # noqa: E402
 
 
 def test_regenerates_bit_for_bit(tmp_path):

@@ -37,7 +37,7 @@ from pkpd_jax.models import (
     get_pk,
     list_models,
 )
-from pkpd_jax.simulate import Solution, SolverConfig, simulate
+from pkpd_jax.solve import Solution, SolverConfig, simulate
 
 
 try:
@@ -539,7 +539,7 @@ def test_joint_model_renames_clashing_pd_parameter():
     assert m.param_names == ("ktr", "CL", "V", "R0", "Emax", "EC50", "ktr_pd")
     assert m.state_names == ("transit1", "transit2", "transit3", "central", "T1", "T2", "T3")
     th = m.pack({**m.prior_medians(), "ktr": 2.0, "ktr_pd": 0.3})
-    pk, pd = m._split(th)
+    pk, pd = m.split_params(th)
     assert float(pk["ktr"]) == 2.0 and float(pd["ktr"]) == 0.3
 
 

@@ -36,7 +36,7 @@ from pkpd_jax.pbpk import (
     vss_textbook,
 )
 from pkpd_jax.pbpk.partition import _BC
-from pkpd_jax.simulate import SolverConfig, simulate, simulate_population
+from pkpd_jax.solve import SolverConfig, simulate, simulate_population
 
 
 MODEL = get_model("pbpk_whole_body")

@@ -44,7 +44,7 @@ from pkpd_jax.inference.population import (
     fit_map,
 )
 from pkpd_jax.models import get_model
-from pkpd_jax.simulate import SolverConfig
+from pkpd_jax.solve import SolverConfig
 
 
 try:

@@ -13,7 +13,7 @@ import pytest
 
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.models import get_model
-from pkpd_jax.simulate import SolverConfig, simulate
+from pkpd_jax.solve import SolverConfig, simulate
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ import polars as pl
 import pytest
 
 from pkpd_jax.data.example import PD_TIMES, PK_TIMES, TRUTH
-from pkpd_jax.simulate import SolverConfig
+from pkpd_jax.solve import SolverConfig
 
 
 ROOT = Path(__file__).resolve().parents[1]

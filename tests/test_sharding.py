@@ -22,7 +22,7 @@ import pytest
 
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.models import get_model
-from pkpd_jax.simulate import simulate_population
+from pkpd_jax.solve import simulate_population
 
 
 # Sharded / chunked vs one batch: the same per-subject float operations.

@@ -26,7 +26,7 @@ from scipy.linalg import expm
 import pkpd_jax.simulate as sim_mod
 from pkpd_jax.dosing import DosingError, Regimen, stack_regimens
 from pkpd_jax.models import get_model
-from pkpd_jax.simulate import (
+from pkpd_jax.solve import (
     SimulationError,
     SolverConfig,
     simulate,

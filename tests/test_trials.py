@@ -31,7 +31,7 @@ from pkpd_jax.data.example import example_paths
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.inference.population import PopulationModel
 from pkpd_jax.models import get_model
-from pkpd_jax.simulate import SolverConfig, simulate
+from pkpd_jax.solve import SolverConfig, simulate
 from pkpd_jax.trials.commands import parse_bw_range
 from pkpd_jax.trials.dose_search import (
     REGIMENS,

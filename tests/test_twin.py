@@ -25,7 +25,7 @@ from pkpd_jax.data.example import example_paths
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.inference.population import CovariateEffect, PopulationModel
 from pkpd_jax.models import get_model
-from pkpd_jax.simulate import SolverConfig, simulate
+from pkpd_jax.solve import SolverConfig, simulate
 from pkpd_jax.trials.exposure import steady_state_extremes
 from pkpd_jax.twin import PatientRecord, TwinError, TwinPopulation, individual_posterior
 from pkpd_jax.twin.active import expected_variance, next_sample_time, sensitivities, target_direction

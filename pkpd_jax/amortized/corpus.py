@@ -64,7 +64,7 @@ is used for real subjects).
 their model (spectral radius of the Jacobian at the baseline state) and simulated in batches of
 256 (one compilation per class), vmapped and split over all JAX devices with `jax.shard_map`.
 The integrator is the simulator's batched one-loop Runge-Kutta path
-(`pkpd_jax.simulate._solve_erk`: Tsit5, one adaptive loop per subject over the whole horizon,
+(`pkpd_jax.solve.solve_erk`: Tsit5, one adaptive loop per subject over the whole horizon,
 observations pre-dose; the path the population likelihood uses), in float32 with
 ``rtol=1e-4, atol=1e-6``. On these designs (``benchmarks/bench_corpus.py``, mix of 10 classes)
 it was measured 3.5x (PK) and 16x (PD) faster than `simulate_population` in float64
@@ -492,19 +492,19 @@ def _sim_fn(cfg: CorpusConfig, name: str, n_dev: int):
     from jax.sharding import Mesh, PartitionSpec
 
     from ..dosing import Regimen
-    from ..simulate import SolverConfig, _erk_supported, _solve_erk, simulate
+    from ..solve import SolverConfig, erk_supported, simulate, solve_erk
 
     model = _model(cfg, name)
     method = cfg.method
     scfg = SolverConfig(rtol=cfg.rtol, atol=cfg.atol, max_steps=cfg.max_steps,
                         method="ode" if method == "erk" else "auto")
-    if method == "erk" and not _erk_supported(model, scfg):
+    if method == "erk" and not erk_supported(model, scfg):
         method = "simulate"
 
     def one(th, t, a, d, c, ts):
         reg = Regimen(t, a, d, c)
         if method == "erk":
-            states, _, status, _ = _solve_erk(model, th, reg, ts, scfg)
+            states, _, status, _ = solve_erk(model, th, reg, ts, scfg)
         else:
             sol = simulate(model, th, reg, ts, config=scfg)
             states, status = sol.states, sol.status

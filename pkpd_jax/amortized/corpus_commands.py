@@ -41,7 +41,7 @@ def corpus_command(
         raise ValueError(f"--n must be >= 1; got {n}.")
     if shard_size < 1:
         raise ValueError(f"--shard-size must be >= 1; got {shard_size}.")
-    from .._devices import use_host_devices
+    from ..devices import use_host_devices
 
     use_host_devices(devices)  # default: one device per core
     from .corpus import generate_corpus

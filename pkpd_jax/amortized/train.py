@@ -45,6 +45,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from ..errors import PkpdError
 from .batches import Batch
 from .encoder import ModelConfig, TransformerEncoder, apply_batch
 
@@ -348,7 +349,7 @@ def _make_steps(preset: Preset, total_steps: int):
     return optim, schedule, train_step, eval_step
 
 
-class NonFiniteLossError(ValueError):
+class NonFiniteLossError(PkpdError, ValueError):
     """The training loss became NaN or infinite; nothing of that step was saved."""
 
 

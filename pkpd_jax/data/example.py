@@ -36,7 +36,7 @@ import polars as pl
 from .._x64 import x64
 from ..dosing import Regimen, stack_regimens
 from ..models import get_model
-from ..simulate import SolverConfig, simulate_population
+from ..solve import SolverConfig, simulate_population
 
 
 __all__ = [

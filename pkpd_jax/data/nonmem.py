@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from ..errors import PkpdError
+
 
 __all__ = [
     "DataValidationError",
@@ -68,7 +70,7 @@ _BINARY_COVARIATES = {"COMED": "co-medication flag"}
 _INTERNAL_PREFIX = "_"
 
 
-class DataValidationError(ValueError):
+class DataValidationError(PkpdError, ValueError):
     """A data table that cannot be used; says where (row, column), what and how to fix it.
 
     **Attributes:**

@@ -66,7 +66,7 @@ dose (the concentration-effect parameters are then prior-only).
 **Integration and gradients.** Each subject's predictions depend only on its own P parameters.
 For a nonlinear model with an explicit Runge-Kutta solver (the default Tsit5) and
 ``method="auto"`` (the default), the likelihood has its own integrator
-(``pkpd_jax.simulate._solve_erk``): one adaptive loop per subject over the whole horizon, with
+(``pkpd_jax.solve.solve_erk``): one adaptive loop per subject over the whole horizon, with
 steps that land exactly on every observation and dose event instead of a restarted
 ``diffeqsolve`` per interval; all subjects (and all chains, when the log-density is ``vmap``-ed)
 advance together in one batched loop (subjects without doses in a short loop of their own). The
@@ -110,8 +110,9 @@ from jaxtyping import Array, Float
 
 from ..data.dataset import Dataset
 from ..dosing import Regimen
+from ..errors import PkpdError
 from ..models.coupling import PKPDModel
-from ..simulate import SolverConfig, _erk_supported, _solve_erk, simulate
+from ..solve import SolverConfig, erk_supported, simulate, solve_erk
 
 
 __all__ = [
@@ -155,11 +156,11 @@ TYPICAL_PRIOR_INFLATION = 2.0
 DEFAULT_CONFIG = SolverConfig(rtol=1e-4, atol=1e-7)
 
 
-class CovariateSpecError(ValueError):
+class CovariateSpecError(PkpdError, ValueError):
     """A covariate specification that does not fit the model or the data."""
 
 
-class PopulationDataError(ValueError):
+class PopulationDataError(PkpdError, ValueError):
     """A data set that cannot be fitted with the requested model (checked before sampling)."""
 
 
@@ -412,7 +413,7 @@ def _regimen_args(regimen: Regimen):
 
 def _uses_erk(model: PKPDModel, config: SolverConfig, gradient: str) -> bool:
     """Whether the likelihood integrates with the one-loop explicit Runge-Kutta path."""
-    return gradient == "forward" and config.method == "auto" and _erk_supported(model, config)
+    return gradient == "forward" and config.method == "auto" and erk_supported(model, config)
 
 
 def _make_predictor(model: PKPDModel, config: SolverConfig, gradient: str):
@@ -466,7 +467,7 @@ def _predict_bwd(res, g):
 
 
 def _make_erk_predictor(model: PKPDModel, config: SolverConfig):
-    """The predictor on `pkpd_jax.simulate._solve_erk`: one adaptive loop per subject (all
+    """The predictor on `pkpd_jax.solve.solve_erk`: one adaptive loop per subject (all
     subjects, and all chains under `vmap`, in one batched loop), with the forward sensitivities
     ∂y/∂θ integrated alongside in the custom VJP's forward pass; the value alone skips them."""
 
@@ -479,7 +480,7 @@ def _make_erk_predictor(model: PKPDModel, config: SolverConfig):
         # non-finite parameters would stall the adaptive solver: simulate a harmless value and
         # flag the subject as failed instead
         theta_safe = jnp.where(finite, theta, jnp.ones_like(theta) * 0.5)
-        states, dstates, status, _ = _solve_erk(model, theta_safe, reg, ts, config, sens)
+        states, dstates, status, _ = solve_erk(model, theta_safe, reg, ts, config, sens)
         # (the prediction is computed by the same code with and without sensitivities: under
         # `vmap` + `lax.map`, a custom VJP whose forward pass lays out its output differently
         # from the primal function was measured to return mis-batched predictions)

@@ -14,17 +14,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ..errors import PkpdError
 from .base import AbstractPD, AbstractPK, Param
 
 
 __all__ = ["PKPDModel", "ParameterError"]
 
 
-class ParameterError(ValueError):
+class ParameterError(PkpdError, ValueError):
     """Unknown, missing or out-of-support parameter values."""
 
 
@@ -118,7 +120,8 @@ class PKPDModel(eqx.Module):
     def unpack(self, theta: Float[Array, "*batch params"]) -> dict[str, Array]:
         return {n: theta[..., i] for i, n in enumerate(self.param_names)}
 
-    def _split(self, theta):
+    def split_params(self, theta: Float[Array, " params"]) -> tuple[dict[str, Array], dict[str, Array]]:
+        """θ -> (PK parameters by name, PD parameters by name; empty without a PD model)."""
         n_pk = len(self.pk.params)
         pk = {p.name: theta[i] for i, p in enumerate(self.pk.params)}
         pd = (
@@ -133,7 +136,7 @@ class PKPDModel(eqx.Module):
 
     # ------------------------------------------------------------------ dynamics
     def init(self, theta: Float[Array, " params"]) -> Float[Array, " states"]:
-        pk, pd = self._split(theta)
+        pk, pd = self.split_params(theta)
         y_pk = self.pk.init(pk)
         if self.pd is None:
             return y_pk
@@ -147,7 +150,7 @@ class PKPDModel(eqx.Module):
         rate: Float[Array, " states"],
     ) -> Float[Array, " states"]:
         """Joint dy/dt. `rate` is the zero-order input per state (non-zero on PK states only)."""
-        pk, pd = self._split(theta)
+        pk, pd = self.split_params(theta)
         n = self.n_pk_states
         dpk = self.pk.vector_field(t, y[:n], pk, rate[:n])
         if self.pd is None or self.pd.direct:
@@ -159,12 +162,45 @@ class PKPDModel(eqx.Module):
         self, y: Float[Array, " states"], theta: Float[Array, " params"]
     ) -> tuple[Float[Array, ""], Float[Array, ""]]:
         """(concentration in mg/L, PD response; 0 when there is no PD model) for one state."""
-        pk, pd = self._split(theta)
+        pk, pd = self.split_params(theta)
         n = self.n_pk_states
         c = self.pk.concentration(y[:n], pk)
         if self.pd is None:
             return c, jnp.zeros_like(c)
         return c, self.pd.response(y[n:], pd, c)
+
+    # ------------------------------------------------------------------ linear structure
+    def jacobian(
+        self, theta: Float[Array, " params"], y: Float[Array, " states"], t: ArrayLike = 0.0
+    ) -> Float[Array, "states states"]:
+        """∂f/∂y of the joint vector field at state `y` (no input), by forward-mode AD."""
+        zero = jnp.zeros(self.n_states, jnp.asarray(theta).dtype)
+        return jax.jacfwd(lambda z: self.vector_field(t, z, theta, zero))(jnp.asarray(y, zero.dtype))
+
+    def linear_generator(self, theta: Float[Array, " params"]) -> Float[Array, "states states"]:
+        """The matrix K of a linear joint system, dy/dt = K·y + rate (raises if not `linear`).
+
+        Taken from the model's own vector field (its Jacobian at zero), so no model is written
+        twice; every exact (matrix-exponential) engine uses this one definition.
+        """
+        if not self.linear:
+            raise ValueError(
+                f"{self.name} is not linear in its state (linear_generator needs a linear PK model "
+                "and no PD state); use `jacobian(theta, y)` for the local Jacobian."
+            )
+        return self.jacobian(theta, jnp.zeros(self.n_states, jnp.asarray(theta).dtype))
+
+    def pk_generator(self, theta: Float[Array, " params"]) -> Float[Array, "pk pk"]:
+        """The matrix K of the PK subsystem, dA/dt = K·A + rate (raises if the PK is nonlinear).
+
+        Used where the PK part is linear while a PD part is not (steady-state PK by
+        superposition under a nonlinear response).
+        """
+        if not self.pk.linear:
+            raise ValueError(f"the PK part of {self.name} ({self.pk.name}) is not linear.")
+        pk, _ = self.split_params(theta)
+        zero = jnp.zeros(self.n_pk_states, jnp.asarray(theta).dtype)
+        return jax.jacfwd(lambda a: self.pk.vector_field(0.0, a, pk, zero))(zero)
 
     def lag_time(self, theta: Float[Array, " params"]) -> Float[Array, ""]:
         if self.pk.lag is None:

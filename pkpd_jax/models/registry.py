@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 
+from ..errors import PkpdError
 from .base import AbstractPD, AbstractPK
 from .coupling import PKPDModel
 from .pd import PD_MODELS
@@ -16,7 +17,7 @@ _PK = {cls.name: cls for cls in PK_MODELS}
 _PD = {cls.name: cls for cls in PD_MODELS}
 
 
-class UnknownModelError(KeyError):
+class UnknownModelError(PkpdError, KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; show it plainly
         return str(self.args[0])
 

@@ -93,6 +93,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from ..errors import PkpdError
 from .model import clearance_analytic, pbpk_params, vss_analytic
 from .partition import Drug
 from .physiology import SPECIES, physiology
@@ -131,7 +132,7 @@ _SP = {s: i for i, s in enumerate(SPECIES)}
 _FORMAT = "pkpd_jax.pbpk.allometry/1"
 
 
-class AllometryError(ValueError):
+class AllometryError(PkpdError, ValueError):
     """Bad input to the neural-allometry functions (names the value and why)."""
 
 

@@ -129,7 +129,7 @@ def vpc_plot(pm, positions: np.ndarray, path: Path, *, seed: int = 0, n_rep: int
 def individual_fits_plot(pm, positions: np.ndarray, path: Path, max_subjects: int = 12) -> None:
     """Observed data and individual predictions (posterior-mean individual parameters) on a
     fine grid, for the first `max_subjects` subjects."""
-    from ..simulate import SolverConfig, simulate_population
+    from ..solve import SolverConfig, simulate_population
 
     plt = _plt()
     flat = np.asarray(positions).reshape(-1, positions.shape[-1])

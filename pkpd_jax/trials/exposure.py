@@ -42,7 +42,7 @@ from jaxtyping import Array, ArrayLike, Float, Int
 
 from ..dosing import Regimen
 from ..models.coupling import PKPDModel
-from ..simulate import (
+from ..solve import (
     MAX_STEPS,
     NONFINITE,
     NOT_STEADY,
@@ -136,7 +136,7 @@ class Extremes(eqx.Module):
 # ---------------------------------------------------------------------------- exact unit-dose PK
 def _pk_generator(model: PKPDModel, theta):
     n = model.n_pk_states
-    pk, _ = model._split(theta)
+    pk, _ = model.split_params(theta)
     zero = jnp.zeros(n, theta.dtype)
     return jax.jacfwd(lambda a: model.pk.vector_field(0.0, a, pk, zero))(zero)
 
@@ -221,11 +221,11 @@ def _fast_fns(model: PKPDModel, grid: IntervalGrid):
     # C = A_central / V to the PD model), so the passes carry unit-dose concentrations, not the
     # PK amounts: C(dose) = dose · C(1 mg) for linear PK.
     def observe(theta, c, r, dose):
-        _, pd = model._split(theta)
+        _, pd = model.split_params(theta)
         return model.pd.response(r, pd, dose * c)
 
     def rhs(theta, dose):
-        _, pd = model._split(theta)
+        _, pd = model.split_params(theta)
 
         def f(t, c, r):
             return model.pd.vector_field(t, r, pd, dose * c)
@@ -344,7 +344,7 @@ def _fast_batch(model, grid_key, theta, doses, tol, max_iter):
 def _unit_concentrations(model: PKPDModel, theta, grid: IntervalGrid):
     """Steady-state concentrations for 1 mg per interval at the grid nodes and mid-points."""
     a_nodes, a_mids = unit_pk_steady_state(model, theta, grid)
-    pk, _ = model._split(theta)
+    pk, _ = model.split_params(theta)
     conc = jax.vmap(lambda a: model.pk.concentration(a, pk))
     return conc(a_nodes), conc(a_mids)
 

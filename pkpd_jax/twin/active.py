@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing import Regimen
-from ..simulate import SolverConfig
+from ..solve import SolverConfig
 from .posterior import TWIN_CONFIG, PatientArrays, TwinError, TwinPopulation, TwinPosterior, predictions
 
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing import Regimen
-from ..simulate import SolverConfig, simulate_population
+from ..solve import SolverConfig, simulate_population
 from ..trials.dose_search import REGIMENS, RegimenSpec
 from ..trials.exposure import steady_state_extremes
 from .posterior import TwinError, TwinPosterior

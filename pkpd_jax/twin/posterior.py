@@ -53,8 +53,9 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 from ..dosing import Regimen
+from ..errors import PkpdError
 from ..models.coupling import PKPDModel
-from ..simulate import SolverConfig, simulate
+from ..solve import SolverConfig, simulate
 
 
 __all__ = [
@@ -76,7 +77,7 @@ TWIN_CONFIG = SolverConfig(rtol=1e-8, atol=1e-10, adjoint=dfx.ForwardMode())
 _TYPES = {1: "PK", 2: "PD"}
 
 
-class TwinError(ValueError):
+class TwinError(PkpdError, ValueError):
     """A patient record or population that the twin cannot use as given."""
 
 

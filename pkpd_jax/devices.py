@@ -1,4 +1,4 @@
-"""One JAX host device per CPU core, for the command line.
+"""Devices: one JAX host device per CPU core, the compilation cache, and the one sharding helper.
 
 XLA runs a CPU computation such as a batched ODE loop on one core. Splitting the host into one
 device per core (``--xla_force_host_platform_device_count``) lets the work that is already laid
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
 _FLAG = "xla_force_host_platform_device_count"
@@ -68,3 +69,32 @@ def use_compilation_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     return path
+
+
+def device_mesh(axis: str, n: int | None = None):
+    """A one-axis `jax.sharding.Mesh` named `axis` over the first `n` devices (default: all)."""
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    devices = jax.devices()
+    n = len(devices) if n is None else int(n)
+    if not 1 <= n <= len(devices):
+        raise ValueError(f"device_mesh: n={n} must be between 1 and the {len(devices)} JAX devices.")
+    return Mesh(np.asarray(devices[:n]), (axis,))
+
+
+def shard_leading(tree: Any, n: int | None = None, axis: str = "subjects") -> Any:
+    """Place the leading axis of every array in `tree` across `n` devices (the one sharding
+    helper: populations over subjects, trials over virtual subjects, corpora over rows).
+
+    The leading axis must be a multiple of `n`; pad first (callers repeat the last row). With
+    `n` = 1 the tree is returned unchanged.
+    """
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    mesh = device_mesh(axis, n)
+    if mesh.devices.size == 1:
+        return tree
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(axis)))
