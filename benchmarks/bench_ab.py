@@ -133,7 +133,8 @@ def main(argv=None) -> None:
             entry["args"] = bargs
             results[name] = entry
     finally:
-        subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, capture_output=True)
+        subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT,
+                       capture_output=True)
         shutil.rmtree(tmp, ignore_errors=True)
 
     import jax
@@ -145,7 +146,8 @@ def main(argv=None) -> None:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "jax": jax.__version__,
-            "command": "python benchmarks/bench_ab.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "command": "python benchmarks/bench_ab.py "
+            + " ".join(argv if argv is not None else sys.argv[1:]),
             "before": base_sha,
             "after": head_sha + (" + uncommitted changes" if dirty else ""),
         },
