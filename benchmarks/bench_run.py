@@ -2,8 +2,9 @@
 
 Targets (issue: in-silico trials and the end-to-end run): ``pkpd-jax run`` in at most 10 minutes on
 2 CPU cores, ``pkpd-jax run --fast`` in at most 3 minutes. Each setting runs the installed command line
-in a fresh output directory (no fit to reuse) as a user would, in a subprocess, and reads the stage
-times the command writes to ``OUT/timings.json`` (validate, model selection, fit, optional
+in a fresh output directory (no fit to reuse) as a user would, in a subprocess (``python -m
+pkpd_jax.cli run``, a thin command over ``pkpd_jax.pipeline.run_pipeline``), and reads the stage
+times the pipeline writes to ``OUT/timings.json`` (validate, model selection, fit, optional
 quantum-kernel stage, trials, report) plus the process's own wall time (Python start-up and imports
 included). The persistent compilation cache of the command line is pointed at a fresh directory
 for the ``cold`` runs (every program compiled, a first run) and reused by the ``warm`` runs (a

@@ -245,28 +245,37 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------ pipeline
 def test_run_selects_the_model_with_the_shipped_selectors(tmp_path: Path):
-    from pkpd_jax.cli import DEFAULT_PIPELINE_MODEL, _select_model
     from pkpd_jax.data.example import example_paths
+    from pkpd_jax.pipeline import DEFAULT_PIPELINE_MODEL, select_model
 
-    sel = _select_model(example_paths()[0], None, None)
+    sel = select_model(example_paths()[0], None, None)
     assert sel["selected"] == {"pk": "pk_2c_iv_infusion", "pd": "pd_indirect_inhib_kin"}
     assert (sel["pk"], sel["pd"]) == DEFAULT_PIPELINE_MODEL and "fitted_reason" not in sel
     assert sel["how"].startswith("amortized model selection")
     assert next(iter(sel["probabilities"]["pk"])) == "pk_2c_iv_infusion"
     # a user-given PD model is kept while the selector picks the PK class
-    sel = _select_model(example_paths()[0], None, "pd_direct_emax")
+    sel = select_model(example_paths()[0], None, "pd_direct_emax")
     assert sel["pd"] == "pd_direct_emax" and "given on the command line" in sel["fitted_reason"]
     # an unreadable study falls back to the default model, saying why
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,TIME\n")
-    sel = _select_model(bad, None, None)
+    sel = select_model(bad, None, None)
     assert (sel["pk"], sel["pd"]) == DEFAULT_PIPELINE_MODEL and "could not classify" in sel["how"]
 
 
 def test_a_depot_class_is_not_fitted_to_infusion_doses(tmp_path: Path):
-    from pkpd_jax.cli import _unfittable_pk
+    from pkpd_jax.data.example import example_paths
+    from pkpd_jax.pipeline import unfittable_pk
+
+    assert unfittable_pk("pk_2c_iv_infusion", example_paths()[0]) is None
+    why = unfittable_pk("pk_1c_oral", example_paths()[0])
+    assert why is not None and "infusions" in why
+
+
+def test_selector_classify_and_the_old_classify_alias_print_the_same():
     from pkpd_jax.data.example import example_paths
 
-    assert _unfittable_pk("pk_2c_iv_infusion", example_paths()[0]) is None
-    why = _unfittable_pk("pk_1c_oral", example_paths()[0])
-    assert why is not None and "infusions" in why
+    new = _cli("selector", "classify", str(example_paths()[0]))
+    old = _cli("classify", str(example_paths()[0]))
+    assert new.returncode == old.returncode == 0, new.stderr + old.stderr
+    assert new.stdout == old.stdout and "PK: pk_2c_iv_infusion" in new.stdout

@@ -162,17 +162,24 @@ def test_run_rejects_bad_input_before_any_work(tmp_path: Path):
     assert not (tmp_path / "fit").exists()
 
 
-def test_run_settings_take_the_users_chains_warmup_and_samples():
-    from pkpd_jax.cli import RUN_SETTINGS, _run_settings
+def _sizes(settings) -> dict:
+    """The preset-table fields of a `RunSettings`."""
+    from pkpd_jax.pipeline import RUN_SETTINGS
 
-    assert _run_settings(False) == RUN_SETTINGS["full"]
-    got = _run_settings(True, chains=3, warmup=0, samples=None)
-    assert got == {**RUN_SETTINGS["fast"], "chains": 3, "warmup": 0}
+    return {k: getattr(settings, k) for k in RUN_SETTINGS["full"]}
+
+
+def test_run_settings_take_the_users_chains_warmup_and_samples():
+    from pkpd_jax.pipeline import RUN_SETTINGS, RunSettings
+
+    assert _sizes(RunSettings.preset(False)) == RUN_SETTINGS["full"]
+    got = RunSettings.preset(True, chains=3, warmup=0, samples=None)
+    assert _sizes(got) == {**RUN_SETTINGS["fast"], "chains": 3, "warmup": 0}
     assert RUN_SETTINGS["fast"]["warmup"] == 200  # the table itself is not changed
     with pytest.raises(ValueError, match="--chains must be >= 1; got 0"):
-        _run_settings(False, chains=0)
+        RunSettings.preset(False, chains=0)
     with pytest.raises(ValueError, match="--warmup must be >= 0; got -1"):
-        _run_settings(False, warmup=-1)
+        RunSettings.preset(False, warmup=-1)
 
 
 @pytest.mark.slow
@@ -200,29 +207,30 @@ def test_run_fast_answers_the_dose_questions_on_the_bundled_study(tmp_path: Path
 
 
 def test_run_reuses_a_fit_only_when_data_model_seed_and_settings_match(tmp_path: Path):
-    from pkpd_jax.cli import FIT_SETTING_KEYS, RUN_SETTINGS, _finished_fit, _select_model
+    from pkpd_jax.pipeline import FIT_SETTING_KEYS, RUN_SETTINGS, RunSettings, finished_fit, select_model
 
     data = tmp_path / "study.csv"
     data.write_text("ID,TIME\n")
-    sel = _select_model(data, None, None)
+    sel = select_model(data, None, None)
     assert (sel["pk"], sel["pd"]) == ("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
     given = {"pk": "pk_1c_iv", "pd": None, "how": "given on the command line"}
-    assert _select_model(data, "pk_1c_iv", None) == given
+    assert select_model(data, "pk_1c_iv", None) == given
     fit_dir = tmp_path / "fit"
     fast = RUN_SETTINGS["fast"]
-    assert not _finished_fit(fit_dir, data, sel, fast, 0)  # nothing there
+    fast_settings = RunSettings.preset(True, seed=0)
+    assert not finished_fit(fit_dir, data, sel, fast_settings)  # nothing there
     fit_dir.mkdir()
     for name in ("summary.json", "positions.npy"):
         (fit_dir / name).write_text("x")
     saved = {"data": str(data.resolve()), "pk": sel["pk"], "pd": sel["pd"], "seed": 0,
              **{k: fast[k] for k in FIT_SETTING_KEYS}}
     (fit_dir / "run_settings.json").write_text(json.dumps(saved))
-    assert _finished_fit(fit_dir, data, sel, fast, 0)
-    assert not _finished_fit(fit_dir, data, sel, fast, 1)  # other seed
-    assert not _finished_fit(fit_dir, data, sel, RUN_SETTINGS["full"], 0)  # other settings
-    assert not _finished_fit(fit_dir, data, {**sel, "pd": "pd_direct_emax"}, fast, 0)  # other model
+    assert finished_fit(fit_dir, data, sel, fast_settings)
+    assert not finished_fit(fit_dir, data, sel, RunSettings.preset(True, seed=1))  # other seed
+    assert not finished_fit(fit_dir, data, sel, RunSettings.preset(False, seed=0))  # other settings
+    assert not finished_fit(fit_dir, data, {**sel, "pd": "pd_direct_emax"}, fast_settings)  # other model
     (fit_dir / "positions.npy").unlink()
-    assert not _finished_fit(fit_dir, data, sel, fast, 0)  # unfinished fit
+    assert not finished_fit(fit_dir, data, sel, fast_settings)  # unfinished fit
 
 
 def test_run_with_qkernel_reuses_the_fit_and_reports_the_covariate_model(tmp_path: Path):
@@ -234,14 +242,15 @@ def test_run_with_qkernel_reuses_the_fit_and_reports_the_covariate_model(tmp_pat
     from test_trials import make_fit_dir
     from typer.testing import CliRunner
 
-    from pkpd_jax.cli import FIT_SETTING_KEYS, RUN_SETTINGS, _select_model, app
+    from pkpd_jax.cli import app
     from pkpd_jax.data.example import example_paths
+    from pkpd_jax.pipeline import FIT_SETTING_KEYS, RUN_SETTINGS, select_model
 
     data = tmp_path / "study.csv"
     shutil.copyfile(example_paths()[0], data)
     out = tmp_path / "out"
     fit_dir = make_fit_dir(out / "fit", n_draws=40)
-    sel = _select_model(data, None, None)
+    sel = select_model(data, None, None)
     fast = RUN_SETTINGS["fast"]
     (fit_dir / "run_settings.json").write_text(json.dumps(
         {"data": str(data.resolve()), "pk": sel["pk"], "pd": sel["pd"], "seed": 0,
@@ -258,3 +267,140 @@ def test_run_with_qkernel_reuses_the_fit_and_reports_the_covariate_model(tmp_pat
     assert timings["qkernel_s"] > 0
     html = (out / "report.html").read_text()
     assert "Quantum-kernel covariate model" in html
+
+
+def test_run_pipeline_from_python_gives_the_cli_answers_and_reads_the_study_once(tmp_path: Path, monkeypatch):
+    """`run_pipeline` (the library function behind `pkpd-jax run`) on a finished fit (a synthetic
+    posterior around the truth): the same dose answers and model record as the command line, and
+    the study file is read from disk once."""
+    import shutil
+
+    from test_trials import make_fit_dir
+
+    from pkpd_jax.data.example import example_paths
+    from pkpd_jax.pipeline import PipelineResult, RunSettings, Study, run_pipeline, select_model
+
+    data = tmp_path / "study.csv"
+    shutil.copyfile(example_paths()[0], data)
+    outs = {k: tmp_path / k for k in ("py", "cli")}
+    settings = {k: RunSettings.preset(True, out=o) for k, o in outs.items()}
+    for k, o in outs.items():
+        fit_dir = make_fit_dir(o / "fit", n_draws=40)
+        sel = select_model(data)
+        (fit_dir / "run_settings.json").write_text(json.dumps(
+            {"data": Study.read(data).key, "pk": sel["pk"], "pd": sel["pd"], **settings[k].fit_record()}))
+
+    reads = []
+    read_bytes = Path.read_bytes
+
+    def counting(self):
+        if self.resolve() == data.resolve():
+            reads.append(self)
+        return read_bytes(self)
+
+    monkeypatch.setattr(Path, "read_bytes", counting)
+    lines = []
+    res = run_pipeline(data, settings["py"], log=lines.append)
+    assert len(reads) == 1  # one read of the study for every stage
+    monkeypatch.undo()
+    assert isinstance(res, PipelineResult) and res.fit is None  # the finished fit was reused
+    assert any("reusing the finished fit" in m for m in lines)
+    assert res.report == outs["py"] / "report.html" and res.report.exists()
+    assert res.summary["n_subjects"] == 48 and set(res.timings) >= {"validate_s", "trials_s", "total_s"}
+
+    cli_res = cli("run", "--data", str(data), "--out", str(outs["cli"]), "--fast")
+    assert cli_res.returncode == 0, cli_res.stderr
+    assert "reusing the finished fit" in cli_res.stdout
+    assert json.loads((outs["cli"] / "answers.json").read_text()) == res.answers
+    assert json.loads((outs["py"] / "answers.json").read_text()) == res.answers
+    for name in ("model_selection.json", "summary.json"):
+        assert json.loads((outs["cli"] / name).read_text()) == json.loads((outs["py"] / name).read_text())
+
+
+def test_study_read_once_and_its_key(tmp_path: Path):
+    from pkpd_jax.data import Dataset, read_nonmem
+    from pkpd_jax.data.example import example_paths
+    from pkpd_jax.pipeline import Study, unfittable_pk
+
+    path = example_paths()[0]
+    study = Study.read(path)
+    assert Study.read(study) is study
+    assert study.key == str(Path(path).resolve())
+    assert isinstance(study.dataset, Dataset) and study.dataset.n_subjects == 48
+    raw = pl.read_csv(path)
+    from_frame = Study.read(raw)
+    assert from_frame.path is None and from_frame.frame.equals(read_nonmem(raw))
+    assert from_frame.key.startswith("frame sha256:") and from_frame.key == Study.read(raw).key
+    assert unfittable_pk("pk_1c_oral", from_frame) == unfittable_pk("pk_1c_oral", path)
+    with pytest.raises(FileNotFoundError, match="no data file"):
+        Study.read(tmp_path / "missing.csv")
+    with pytest.raises(TypeError, match="Dataset"):
+        Study.read(study.dataset)
+
+
+def test_every_command_goes_through_the_one_error_handler():
+    """Each registered command (groups and old aliases included) is wrapped by `friendly`."""
+    from pkpd_jax.cli import app
+    from pkpd_jax.cli._errors import friendly
+
+    wrapper_code = friendly(lambda: None).__code__
+
+    def commands(group, prefix=""):
+        for c in group.registered_commands:
+            yield prefix + c.name, c.callback
+        for g in group.registered_groups:
+            yield from commands(g.typer_instance, prefix + g.name + " ")
+
+    found = dict(commands(app))
+    assert {"run", "fit", "selector classify", "classify", "trial", "twin", "qkernel",
+            "virtual-patients", "allometry predict"} <= set(found)
+    assert all(cb.__code__ is wrapper_code for cb in found.values()), found
+
+
+@pytest.mark.parametrize(
+    "target, args",
+    [
+        ("pkpd_jax.data.validate", ["validate", "x.csv"]),
+        ("pkpd_jax.models.model_catalogue", ["models"]),
+        ("pkpd_jax.pipeline.run_pipeline", ["run", "--fast"]),
+        ("pkpd_jax.amortized.classify.classify_study", ["selector", "classify", "{study}"]),
+    ],
+)
+def test_a_library_error_inside_a_command_is_one_error_line(tmp_path: Path, monkeypatch, target, args):
+    from pkpd_jax.data.example import example_paths
+    from pkpd_jax.errors import PkpdError
+
+    class Boom(PkpdError):
+        pass
+
+    def fail(*a, **k):
+        raise Boom("something specific went wrong")
+
+    module, name = target.rsplit(".", 1)
+    monkeypatch.setattr(module + "." + name, fail)
+    monkeypatch.chdir(tmp_path)
+    res = cli(*(a.format(study=example_paths()[0]) for a in args))
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines() == ["error: something specific went wrong"]
+
+
+def test_regimen_and_family_choices_match_the_library():
+    from pkpd_jax.cli._options import Family, RegimenName
+    from pkpd_jax.models import list_models
+    from pkpd_jax.trials.dose_search import REGIMENS
+
+    assert [r.value for r in RegimenName] == list(REGIMENS)
+    assert {m[:2] for m in list_models()} == {f.value for f in Family}
+
+
+def test_old_command_module_paths_still_import():
+    from pkpd_jax.cli import pbpk, selector, trials, twin
+    from pkpd_jax.pbpk.commands import parse_drug
+    from pkpd_jax.trials.commands import parse_bw_range
+    from pkpd_jax.twin.commands import run_twin
+
+    assert parse_bw_range is trials.parse_bw_range and run_twin is twin.run_twin
+    assert parse_drug is pbpk.parse_drug
+    from pkpd_jax.amortized.classify_commands import classify_command
+
+    assert classify_command is selector.classify_command

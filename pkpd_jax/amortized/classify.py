@@ -402,7 +402,8 @@ def subject_table(subjects: Sequence[SubjectRecord], pk: dict, pd: dict | None, 
 def classify_study(data, *, checkpoint_pk: Any = None, checkpoint_pd: Any = None) -> dict:
     """Choose the PK and the PD class of a study (see the module docstring).
 
-    **Arguments:** `data`: a NONMEM-style CSV path or polars frame; `checkpoint_pk`,
+    **Arguments:** `data`: a NONMEM-style CSV path, a polars frame or an already-read
+    [`Dataset`][pkpd_jax.data.Dataset] (not read again); `checkpoint_pk`,
     `checkpoint_pd`: selector checkpoints (default: the shipped ones).
 
     **Returns:** ``{"subjects", "pk_summary", "pd_summary", "data", "n_subjects", "pk": {...},

@@ -173,13 +173,13 @@ def _answers_section(answers: Mapping, details: Mapping | None) -> str:
     return f"<h2 id='answers'>Dose answers</h2>{table}{note_html}"
 
 
-def _data_section(fit_dir: Path, out_dir: Path) -> str:
+def _data_section(fit_dir: Path, out_dir: Path, data=None) -> str:
     parts = ["<h2>Data</h2>"]
     try:
         from ..data import read_nonmem, summarize
         from .overview import cohort_table
 
-        df = read_nonmem(fit_dir / "data.csv")
+        df = read_nonmem(fit_dir / "data.csv") if data is None else data
         parts.append(f"<p>{_esc(summarize(df))}</p>")
         cohorts = cohort_table(df)
         cols = cohorts.columns
@@ -343,6 +343,7 @@ def write_report(
     model_selection: Mapping | None = None,
     assumptions: Sequence[str] = (),
     filename: str = "report.html",
+    data=None,
 ) -> Path:
     """Write ``out_dir/report.html`` and return its path.
 
@@ -358,6 +359,8 @@ def write_report(
     - `model_selection`: optional record shown in the model section (default: a
       ``model_selection.json`` in `out_dir` or `fit_dir`).
     - `assumptions`: more assumptions to list.
+    - `data`: the fitted study as a frame returned by [`read_nonmem`][pkpd_jax.data.read_nonmem]
+      (default: read ``fit_dir/data.csv``).
     """
     out = Path(out_dir)
     fit = Path(fit_dir)
@@ -383,7 +386,7 @@ def write_report(
             f"<h1>{_esc(title)}</h1>",
             intro,
             _answers_section(answers, details),
-            _data_section(fit, out),
+            _data_section(fit, out, data),
             _model_section(fit, out, summary, model_selection),
             _params_section(summary, truth),
             _diagnostics_section(fit, summary),

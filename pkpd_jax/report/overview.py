@@ -39,8 +39,20 @@ def cohort_table(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _is_clean(frame) -> bool:
+    """A frame returned by `read_nonmem` (it alone carries the internal `_SUBJ` and `_ROW` columns)."""
+    return isinstance(frame, pl.DataFrame) and {"_SUBJ", "_ROW"} <= set(frame.columns)
+
+
 def study_overview(source, out_dir: str | Path) -> dict:
-    """Validate `source`, write ``summary.json`` and ``data_overview.png`` into `out_dir`."""
+    """Validate `source`, write ``summary.json`` and ``data_overview.png`` into `out_dir`.
+
+    **Arguments:** `source`: a CSV path or a polars frame (read and validated with
+    [`read_nonmem`][pkpd_jax.data.read_nonmem]), or a frame `read_nonmem` already returned (used
+    as is, not read again); `out_dir`: the output directory.
+
+    **Returns:** the summary record (also in ``summary.json``) plus ``cohorts_table`` (text).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -48,7 +60,7 @@ def study_overview(source, out_dir: str | Path) -> dict:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    df = read_nonmem(source)
+    df = source if _is_clean(source) else read_nonmem(source)
     summary = summarize(df)
     cohorts = cohort_table(df)
     record = {
