@@ -32,7 +32,7 @@ from pkpd_jax.dosing import Regimen
 from pkpd_jax.inference.population import PopulationModel
 from pkpd_jax.models import get_model
 from pkpd_jax.solve import MAX_STEPS, SUCCESS, SolverConfig, simulate, simulate_steady_state
-from pkpd_jax.solve.linalg import expm_small
+from pkpd_jax.solve.linalg import affine_propagator, expm_small
 from pkpd_jax.solve.periodic import (
     STIFFNESS_LIMIT,
     fast_path_applies,
@@ -138,6 +138,18 @@ def test_expm_small_matches_scipy():
     np.testing.assert_allclose(
         jax.vmap(expm_small)(A), ref, rtol=1e-12, atol=1e-13 * float(jnp.max(jnp.abs(ref)))
     )
+
+
+def test_affine_propagator_is_the_exact_flow():
+    """dA/dt = K·A + u over dt: e^{K dt}·A0 + K⁻¹(e^{K dt} − I)·u (K invertible), by scipy's expm."""
+    rng = np.random.default_rng(1)
+    K = -np.diag([0.3, 1.2, 0.05]) + 0.1 * rng.random((3, 3))
+    u, a0, dt = np.array([2.0, 0.0, 0.5]), np.array([1.0, 3.0, 0.0]), 7.5
+    E = np.asarray(affine_propagator(jnp.asarray(K), jnp.asarray(u), jnp.asarray(dt)))
+    eK = np.asarray(jax.scipy.linalg.expm(jnp.asarray(K * dt)))
+    ref = eK @ a0 + np.linalg.solve(K, (eK - np.eye(3)) @ u)
+    np.testing.assert_allclose(E[:3, :3] @ a0 + E[:3, 3], ref, rtol=1e-12)
+    np.testing.assert_array_equal(E[3], [0.0, 0.0, 0.0, 1.0])
 
 
 def test_unit_pk_steady_state_matches_many_doses():

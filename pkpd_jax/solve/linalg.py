@@ -1,4 +1,5 @@
-"""Small dense linear algebra for the exact (matrix-exponential) engines: [`expm_small`][].
+"""Small dense linear algebra for the exact (matrix-exponential) engines: [`expm_small`][] and
+[`affine_propagator`][].
 
 The one home of the small-matrix exponential (a handful of compartments, batched over subjects
 and time steps), where `jax.scipy.linalg.expm` would compile every Padé degree it may pick.
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
-__all__ = ["expm_small"]
+__all__ = ["affine_propagator", "expm_small"]
 
 
 def expm_small(A: Float[Array, "n n"], order: int = 14) -> Float[Array, "n n"]:
@@ -39,3 +40,21 @@ def expm_small(A: Float[Array, "n n"], order: int = 14) -> Float[Array, "n n"]:
 def _mm(A, B):
     # tiny matrices: a broadcast product fuses into one loop (a `dot` per product compiles slowly)
     return jnp.sum(A[:, :, None] * B[None, :, :], axis=1)
+
+
+def affine_propagator(
+    K: Float[Array, "n n"], u: Float[Array, " n"], dt: Float[Array, ""]
+) -> Float[Array, "n+1 n+1"]:
+    """The exact flow of ``dA/dt = K·A + u`` over `dt`, as one matrix.
+
+    ``E = expm([[K, u], [0, 0]]·dt)`` (by [`expm_small`][]), so that ``A(dt) = E[:n, :n]·A(0) +
+    E[:n, n]``: the propagator ``e^{K dt}`` and the input's contribution ``∫₀^dt e^{Ks} ds·u``.
+
+    **Arguments:** `K` (the generator, e.g. `PKPDModel.pk_generator`), `u` (a constant input
+    rate), `dt` (the time step).
+
+    **Returns:** `E`, ``(n + 1, n + 1)``.
+    """
+    n = K.shape[0]
+    m = jnp.zeros((n + 1, n + 1), K.dtype).at[:n, :n].set(K).at[:n, n].set(u)
+    return expm_small(m * dt)

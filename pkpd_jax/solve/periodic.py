@@ -7,9 +7,10 @@ compartment (a bolus or an infusion), is encoded by the one event encoding
 (`pkpd_jax.dosing.event_grid` of a 1 mg [`unit_dose_regimen`][]):
 
 - **PK exactly**: the interval map of a linear system is ``A ↦ M·A + c`` with ``[M c] = expm`` of
-  the augmented generator (`PKPDModel.pk_generator`, [`expm_small`][pkpd_jax.solve.linalg.expm_small]),
-  so ``A_ss = (I − M)⁻¹·c``; linear PK scales with the dose, so the PK part of every dose is
-  ``dose × unit profile`` ([`unit_pk_steady_state`][]).
+  the augmented generator (`PKPDModel.pk_generator`,
+  [`affine_propagator`][pkpd_jax.solve.linalg.affine_propagator]), so ``A_ss = (I − M)⁻¹·c``;
+  linear PK scales with the dose, so the PK part of every dose is ``dose × unit profile``
+  ([`unit_pk_steady_state`][]).
 - **PD simulated**: the PD states are integrated by one fixed-step classical Runge-Kutta 4
   routine on the static grid of [`interval_grid`][] (its PK inputs at the nodes and mid-points
   exact), and their periodic solution is the fixed point of the PD interval map ``r ↦ r(tau)``,
@@ -39,7 +40,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ..dosing import Regimen, event_grid
 from . import MAX_STEPS, NONFINITE, NOT_STEADY, SUCCESS
-from .linalg import expm_small
+from .linalg import affine_propagator
 
 
 if TYPE_CHECKING:
@@ -136,14 +137,6 @@ def _grid_key(grid: IntervalGrid) -> tuple:
 
 
 # ---------------------------------------------------------------------------- exact unit-dose PK
-def _affine_propagator(K, u, dt):
-    """``exp`` of the augmented generator ``[[K, u], [0, 0]]·dt``: ``A(dt) = E[:n,:n]·A(0) + E[:n,n]``
-    for ``dA/dt = K·A + u``."""
-    n = K.shape[0]
-    m = jnp.zeros((n + 1, n + 1), K.dtype).at[:n, :n].set(K).at[:n, n].set(u)
-    return expm_small(m * dt)
-
-
 def _unit_dose_input(model: PKPDModel, theta, grid: IntervalGrid):
     """(bolus, infusion rate) of the PK states for the interval's 1 mg dose, from the one event
     encoding."""
@@ -193,7 +186,7 @@ def unit_pk_steady_state(
     # rest) and the distinct half steps of the grid
     gens = jnp.concatenate([jnp.stack([rate, jnp.zeros_like(rate)]), u])
     dts = jnp.concatenate([jnp.asarray([d, grid.tau - d], dtype), jnp.asarray(pairs[0] / 2, dtype)])
-    Es = jax.vmap(lambda uk, hk: _affine_propagator(K, uk, hk))(gens, dts)
+    Es = jax.vmap(lambda uk, hk: affine_propagator(K, uk, hk))(gens, dts)
     # one interval from A0 (pre-dose): A(tau) = M (A0) + c
     full = Es[1] @ Es[0] if d > 0 else Es[1]
     M, c = full[:n, :n], full[:n, n] + full[:n, :n] @ kick
