@@ -31,7 +31,15 @@ from pkpd_jax.data.example import example_paths
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.inference.population import PopulationModel
 from pkpd_jax.models import get_model
-from pkpd_jax.solve import SolverConfig, simulate
+from pkpd_jax.solve import MAX_STEPS, SUCCESS, SolverConfig, simulate, simulate_steady_state
+from pkpd_jax.solve.linalg import affine_propagator, expm_small
+from pkpd_jax.solve.periodic import (
+    STIFFNESS_LIMIT,
+    fast_path_applies,
+    periodic_extremes,
+    periodic_profile,
+    unit_dose_regimen,
+)
 from pkpd_jax.trials.commands import parse_bw_range
 from pkpd_jax.trials.dose_search import (
     REGIMENS,
@@ -44,7 +52,6 @@ from pkpd_jax.trials.dose_search import (
     true_doses,
 )
 from pkpd_jax.trials.exposure import (
-    expm_small,
     interval_grid,
     steady_state_extremes,
     steady_state_profile,
@@ -133,6 +140,18 @@ def test_expm_small_matches_scipy():
     )
 
 
+def test_affine_propagator_is_the_exact_flow():
+    """dA/dt = K·A + u over dt: e^{K dt}·A0 + K⁻¹(e^{K dt} − I)·u (K invertible), by scipy's expm."""
+    rng = np.random.default_rng(1)
+    K = -np.diag([0.3, 1.2, 0.05]) + 0.1 * rng.random((3, 3))
+    u, a0, dt = np.array([2.0, 0.0, 0.5]), np.array([1.0, 3.0, 0.0]), 7.5
+    E = np.asarray(affine_propagator(jnp.asarray(K), jnp.asarray(u), jnp.asarray(dt)))
+    eK = np.asarray(jax.scipy.linalg.expm(jnp.asarray(K * dt)))
+    ref = eK @ a0 + np.linalg.solve(K, (eK - np.eye(3)) @ u)
+    np.testing.assert_allclose(E[:3, :3] @ a0 + E[:3, 3], ref, rtol=1e-12)
+    np.testing.assert_array_equal(E[3], [0.0, 0.0, 0.0, 1.0])
+
+
 def test_unit_pk_steady_state_matches_many_doses():
     """Exact steady state (superposition) = the last interval of 80 daily infusions, scaled by dose."""
     pk = get_model("pk_2c_iv_infusion")
@@ -145,6 +164,63 @@ def test_unit_pk_steady_state_matches_many_doses():
     sol = simulate(pk, theta, reg, ts, config=SolverConfig(method="expm"))
     conc = dose * np.asarray(a_nodes[:, 0]) / theta[1]
     np.testing.assert_allclose(np.asarray(sol.conc)[1:], conc[1:], rtol=1e-9)
+
+
+def test_periodic_engine_matches_simulate_steady_state():
+    """The periodic engine's extremes and profile against the simulator's steady state (iterated
+    intervals, adaptive solves) on the same nodes, daily and weekly, infusion and bolus."""
+    cases = [
+        (MODEL, _subjects(2, 4), 24.0, np.array([0.5, 4.0])),
+        (MODEL, _subjects(2, 4), 168.0, np.array([20.0])),
+        (get_model("pk_1c_iv", "pd_indirect_stim_kout"), None, 24.0, np.array([10.0])),
+    ]
+    cfg = SolverConfig(rtol=1e-9, atol=1e-12)
+    for model, theta, tau, doses in cases:
+        if theta is None:
+            theta = np.array([[p.median for p in model.params]])
+        d = float(model.pk.default_duration)
+        grid = interval_grid(tau, d, 96)
+        mx, mn, status, stiff = (np.asarray(x) for x in periodic_extremes(model, theta, grid, doses))
+        assert mx.shape == (theta.shape[0], doses.size) and np.all(status == SUCCESS)
+        assert np.all(stiff <= STIFFNESS_LIMIT)
+        for i in range(theta.shape[0]):
+            for j, dose in enumerate(doses):
+                ref = simulate_steady_state(
+                    model, theta[i], unit_dose_regimen(d).scaled(dose), tau, grid.nodes, tol=1e-10, config=cfg
+                )
+                resp = np.asarray(ref.resp)
+                assert int(ref.status) == SUCCESS
+                np.testing.assert_allclose(mx[i, j], resp.max(), rtol=2e-5)
+                np.testing.assert_allclose(mn[i, j], resp.min(), rtol=2e-5)
+                out = periodic_profile(model, theta[i], grid, dose)
+                t, conc, prof, converged = (np.asarray(x) for x in out)
+                assert bool(converged)
+                np.testing.assert_array_equal(t, grid.nodes)
+                # node 0 is post-dose on the engine's side (a bolus already given)
+                np.testing.assert_allclose(conc[1:], np.asarray(ref.conc)[1:], rtol=1e-7)
+                np.testing.assert_allclose(prof[1:], resp[1:], rtol=2e-5)
+                assert prof.max() == pytest.approx(mx[i, j], rel=1e-6)
+
+
+def test_periodic_engine_applies_and_flags_large_steps():
+    assert fast_path_applies(MODEL)
+    assert not fast_path_applies(get_model("pk_1c_iv_mm", "pd_indirect_inhib_kin"))  # nonlinear PK
+    assert not fast_path_applies(get_model("pk_1c_oral_lag", "pd_indirect_inhib_kin"))  # lag time
+    assert not fast_path_applies(get_model("pk_2c_iv_infusion"))  # no response
+    mm = get_model("pk_1c_iv_mm", "pd_indirect_inhib_kin")
+    with pytest.raises(ValueError, match="simulate_steady_state"):
+        periodic_extremes(mm, np.array([[p.median for p in mm.params]]), interval_grid(24.0), [1.0])
+    with pytest.raises(ValueError, match="infusion"):  # a bolus grid for an infusion model
+        periodic_extremes(MODEL, TYPICAL[None], interval_grid(24.0, 0.0), [1.0])
+    reg = unit_dose_regimen(1.0)
+    assert reg.n_doses == 1 and float(reg.amount[0]) == 1.0 and float(reg.duration[0]) == 1.0
+    assert float(reg.time[0]) == 0.0 and int(reg.cmt[0]) == -1  # the model's dose compartment
+    # 8 steps over a week: ‖J‖·h beyond the limit for fast turnover, and then not vouched for
+    theta = _subjects(16, 5, sd=0.5)
+    out = periodic_extremes(MODEL, theta, interval_grid(168.0, 1.0, 8), [10.0])
+    _, _, status, stiff = (np.asarray(x) for x in out)
+    assert np.any(stiff > STIFFNESS_LIMIT)
+    np.testing.assert_array_equal(status == MAX_STEPS, stiff > STIFFNESS_LIMIT)
 
 
 def test_fast_matches_generic_and_long_simulation():

@@ -39,6 +39,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from ..progress import progress_bar
 from .exposure import steady_state_extremes
 from .virtual import CovariateDistribution, Posterior, virtual_parameters
 
@@ -294,14 +295,9 @@ def search_doses(
     grid: list[float] = []
     cov_parts: list[np.ndarray] = []
     n_generic = 0
-    bar = None
-    if progress is True:
-        from rich.progress import Progress
-
-        bar = Progress(transient=True)
-        task = bar.add_task(f"{spec.name}, {covariates.label}: {n_draws}×{n_virtual} subjects", total=None)
-        bar.start()
-    try:
+    label = f"{spec.name}, {covariates.label}: {n_draws}×{n_virtual} subjects"
+    # over the grid's largest possible dose: the search usually stops well before it
+    with progress_bar(label, n_max, enabled=progress, unit="doses") as update:
         k = 0
         width = int(doses_per_call)
         while k < n_max:
@@ -335,20 +331,9 @@ def search_doses(
             cov_parts.append(cov_new[:, :used])
             grid.extend((spec.step * ks[:used]).tolist())
             k = int(ks[used - 1])
-            reached = np.any(np.concatenate(cov_parts, axis=1) >= top_target, axis=1)
-            if bar is not None:
-                bar.update(
-                    task,
-                    description=f"{spec.name}, {covariates.label}: up to {grid[-1]:g} mg, "
-                    f"{reached.mean():.0%} of draws reach {top_target:.0%}",
-                )
-            if callable(progress):
-                progress(k, n_max)
+            update(k)
             if stop is not None:
                 break
-    finally:
-        if bar is not None:
-            bar.stop()
     cov = np.concatenate(cov_parts, axis=1)
     res = DoseSearchResult(
         spec,
