@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-import pkpd_jax.simulate as sim_mod
+import pkpd_jax.solve as sim_mod
+import pkpd_jax.solve._population as population_module
 from pkpd_jax.dosing import DosingError, Regimen, stack_regimens
 from pkpd_jax.models import get_model
 from pkpd_jax.solve import (
@@ -468,7 +469,7 @@ def test_simulate_population_compiles_once_per_shape():
     reg = Regimen.make([0.0, 12.0], [100.0, 100.0])
     ts = jnp.array([1.0, 12.0, 24.0])
     theta = jnp.tile(theta_of(model), (5, 1))
-    cache = sim_mod._simulate_batch._cached
+    cache = population_module._simulate_batch._cached
     size0 = cache._cache_size()
     out = {}
 
