@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pkpd_jax.amortized import batches as B, corpus as C
+from pkpd_jax.amortized._corpus_rows import observe_rows
+from pkpd_jax.amortized._corpus_store import sha256_of
 from pkpd_jax.models import PD_MODELS, PK_MODELS
 
 
@@ -116,7 +118,7 @@ def test_manifest_contents(corpus):
     assert sum(counts["per_class"].values()) == counts["written"]
     assert len(man["shards"]) == man["n_shards"] == 3
     for s in man["shards"]:
-        assert C._sha256(corpus / s["file"]) == s["sha256"]
+        assert sha256_of(corpus / s["file"]) == s["sha256"]
         assert s["rows"] == sum(v["rows"] for v in s["splits"].values())
     info = B.corpus_info(corpus)
     assert info.counts == {k: counts[k] for k in B.SPLITS}
@@ -199,7 +201,7 @@ def test_residual_error_model():
     # a flat truth far above the LLOQ (LLOQ <= 10^-1.5 · C_max): almost no censoring
     sim = {"conc": np.ones((m, 25)), "resp": np.full((m, 25), 10.0), "status": np.zeros(m, np.int32),
            "fallback": np.zeros(m, bool)}
-    rows = C._observe(cfg, draw, sim)["rows"]
+    rows = observe_rows(cfg, draw, sim)["rows"]
     seen = rows["mask"] & ~rows["conc_missing"]
     assert rows["conc_blq"][seen].mean() < 1e-3  # (only beyond -3.9 sd)
     seen &= ~rows["conc_blq"]
@@ -218,7 +220,7 @@ def test_residual_error_model():
 
     # censoring: a decaying truth crosses each subject's LLOQ; BLQ <=> observed value < LLOQ
     sim["conc"] = np.exp(-np.arange(25) / 2.0)[None, :].repeat(m, 0)
-    rows = C._observe(cfg, draw, sim)["rows"]
+    rows = observe_rows(cfg, draw, sim)["rows"]
     seen = rows["mask"] & ~rows["conc_missing"]
     blq = rows["conc_blq"]
     assert 0.05 < blq[seen].mean() < 0.9
