@@ -245,6 +245,32 @@ def test_fast_path_matches_the_closed_form(corpus):
     assert np.max(np.abs(got - ref)[big] / ref[big]) < 2e-3
 
 
+
+def test_class_inputs_simulate_to_the_shard():
+    """`class_model` and `class_args` are what `simulate_shard` integrates: simulating them with
+    `simulate_population` (float64, tight) reproduces the shard's concentrations."""
+    import jax
+
+    from pkpd_jax.dosing import Regimen
+    from pkpd_jax.solve import SolverConfig, simulate_population
+
+    cfg = C.CorpusConfig(family="pk", n=N, seed=SEED, shard_size=KW["shard_size"], classes=KW["classes"])
+    draw = C.sample_shard(cfg, 0)
+    sim = C.simulate_shard(cfg, draw)
+    name = KW["classes"][1]
+    model = C.class_model(cfg, name)
+    assert model.name == name
+    rows = np.flatnonzero(draw["label"] == 1)
+    with jax.enable_x64(True):
+        th, t, a, d, c, ts = C.class_args(cfg, draw, name, rows, np.float64)
+        assert th.shape == (rows.size, len(model.param_names)) and ts.shape == (rows.size, C.N_TIMES)
+        ref = simulate_population(model, th, Regimen(t, a, d, c), ts,
+                                  config=SolverConfig(rtol=1e-10, atol=1e-12))
+    got, want = sim["conc"][rows], np.asarray(ref.conc)
+    big = want > 1e-3 * want.max(axis=1, keepdims=True)
+    assert np.max(np.abs(got - want)[big] / want[big]) < 2e-3
+
+
 # ----------------------------------------------------------------------------- loader
 def test_loader_is_deterministic_and_complete(corpus):
     info = B.corpus_info(corpus)
