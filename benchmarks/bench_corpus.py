@@ -129,14 +129,14 @@ def _population(cfg, draw, name, rtol, atol):
     """`simulate_population` (float64) on a class subset: (conc, resp, status, seconds, first_s)."""
     import jax
 
-    from pkpd_jax.amortized.corpus import _class_args, _model
+    from pkpd_jax.amortized.corpus import class_args, class_model
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.solve import SolverConfig, simulate_population
 
-    model = _model(cfg, name)
+    model = class_model(cfg, name)
     rows = np.arange(draw["label"].size)
     with jax.enable_x64(True):
-        th, t, a, d, c, ts = _class_args(cfg, draw, name, rows, np.float64)
+        th, t, a, d, c, ts = class_args(cfg, draw, name, rows, np.float64)
         reg = Regimen(t, a, d, c)
         conf = SolverConfig(rtol=rtol, atol=atol)
         run = lambda: jax.block_until_ready(simulate_population(model, th, reg, ts, config=conf, throw=False))

@@ -66,12 +66,11 @@ def main(argv=None):
     rounds = args.rounds or (3 if args.quick else 7)
     jitters = args.jitters if args.jitters is not None else (1 if args.quick else 4)
 
-    from pkpd_jax._x64 import enable_x64
-
-    enable_x64()
     import diffrax as dfx
     import jax
     import jax.numpy as jnp
+
+    jax.config.update("jax_enable_x64", True)  # before any array is made
 
     from pkpd_jax.data import Dataset, read_nonmem
     from pkpd_jax.data.example import example_paths
@@ -80,7 +79,7 @@ def main(argv=None):
     from pkpd_jax.models import get_model
     from pkpd_jax.solve import SolverConfig, solve_erk
 
-    def _vf(t, y, args):
+    def vector_field(t, y, args):  # diffrax's (t, y, args) form, as the ode engine calls the model
         m, th, rate = args
         return m.vector_field(t, y, th, rate)
 
@@ -172,7 +171,7 @@ def main(argv=None):
 
     # ------------------------------------------------------------------ solver steps
     theta = np.asarray(ref.individual_parameters(x_map))
-    times_obs, reg = ref._times, ds.regimen
+    times_obs, reg = jnp.asarray(ds.obs_time, float), ds.regimen
 
     def erk_steps(cfg):
         def one(th, t, a, b, c, d):
@@ -183,7 +182,7 @@ def main(argv=None):
         )
 
     def diffrax_steps(cfg):
-        """num_steps per grid interval, as `_propagate_ode` integrates them."""
+        """num_steps per grid interval, as the ode engine (``method="ode"``) integrates them."""
 
         def one(th, ts, a, b, c, d):
             regimen = Regimen(a, b, c, d)
@@ -200,7 +199,7 @@ def main(argv=None):
 
             def step(y, k):
                 sol = dfx.diffeqsolve(
-                    dfx.ODETerm(_vf),
+                    dfx.ODETerm(vector_field),
                     cfg.solver,
                     grid[k],
                     t_next[k],

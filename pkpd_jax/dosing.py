@@ -201,6 +201,99 @@ class Regimen(eqx.Module):
         """The same schedule with every amount multiplied by `factor` (used in dose search)."""
         return Regimen(self.time, self.amount * factor, self.duration, self.cmt)
 
+    # ------------------------------------------------------------------ host-side summaries
+    # These read concrete values (numpy), for the stages that plan doses; not under jit.
+    def subject(self, i: int) -> Regimen:
+        """Subject `i` of a population regimen (shape ``(doses,)``)."""
+        if self.time.ndim != 2:
+            raise DosingError(
+                f"`subject` needs a population regimen (2-D); this one has shape {self.time.shape}."
+            )
+        return Regimen(self.time[i], self.amount[i], self.duration[i], self.cmt[i])
+
+    def real_doses(self) -> Regimen:
+        """One subject's doses without the padding rows (amount 0), in their given order."""
+        self._one_subject("real_doses")
+        real = np.asarray(self.amount) > 0
+        fields = ("time", "amount", "duration", "cmt")
+        return Regimen(*(jnp.asarray(np.asarray(getattr(self, k))[real]) for k in fields))
+
+    def median_duration(self) -> float:
+        """The median infusion duration (h) of the real doses (all subjects); 0 for boluses or
+        no doses (0 also means "the model's default duration" in a simulation)."""
+        real = np.asarray(self.amount) > 0
+        return float(np.median(np.asarray(self.duration)[real])) if real.any() else 0.0
+
+    def interval(self) -> float | None:
+        """The dosing interval (h) of one subject: the median gap between consecutive real doses
+        (the interval of a regular regimen), or None with fewer than two doses."""
+        t = np.sort(np.asarray(self.real_doses().time))
+        return float(np.median(np.diff(t))) if t.size > 1 else None
+
+    def continued(
+        self,
+        n: int | None = None,
+        tau: float | None = None,
+        *,
+        until: float | None = None,
+        amount: float | None = None,
+        start: float | None = None,
+        duration: float | None = None,
+        cmt: int = -1,
+    ) -> Regimen:
+        """One subject's real doses followed by more doses every `tau` h (no padding).
+
+        **Arguments:**
+
+        - `n`: how many doses to add; or `until`: add the doses that start before `until` h
+          (exactly one of the two).
+        - `tau`: the interval (default: [`interval`][], which needs two doses).
+        - `amount`: mg per new dose (default: the last dose's amount).
+        - `start`: the first new dose's time (default: the last dose + `tau`, or 0 with no doses).
+        - `duration`: of each new dose (default: [`median_duration`][]); `cmt`: its compartment
+          (default -1, the model's dose compartment).
+
+        **Returns:** a [`Regimen`][] (shape ``(doses,)``); with ``until`` before `start`, the
+        real doses alone.
+        """
+        if (n is None) == (until is None):
+            raise DosingError("`continued` needs exactly one of `n` (doses to add) and `until` (h).")
+        past = self.real_doses()
+        t_past, amt_past = np.asarray(past.time), np.asarray(past.amount)
+        tau = self.interval() if tau is None else float(tau)
+        if tau is None or not tau > 0:
+            raise DosingError(
+                f"`continued` needs an interval `tau` > 0; got {tau} (pass `tau` for a regimen "
+                "with fewer than two doses)."
+            )
+        if start is None:
+            start = float(t_past.max()) + tau if t_past.size else 0.0
+        if amount is None:
+            if not amt_past.size:
+                raise DosingError("`continued` of a regimen without doses needs `amount`.")
+            amount = float(amt_past[-1])
+        dur = self.median_duration() if duration is None else float(duration)
+        if n is not None:
+            if n < 0:
+                raise DosingError(f"`n` must be >= 0; got {n}.")
+            t_new = start + tau * np.arange(n)
+        else:
+            t_new = np.arange(start, until, tau)
+        k = t_new.size
+        return Regimen.make(
+            np.concatenate([t_past, t_new]),
+            np.concatenate([amt_past, np.full(k, float(amount))]),
+            np.concatenate([np.asarray(past.duration), np.full(k, dur)]),
+            np.concatenate([np.asarray(past.cmt), np.full(k, int(cmt))]),
+        )
+
+    def _one_subject(self, what: str) -> None:
+        if self.time.ndim != 1:
+            raise DosingError(
+                f"`{what}` needs one subject's regimen (1-D); this one has shape {self.time.shape} "
+                "(use `.subject(i)`)."
+            )
+
 
 def stack_regimens(regimens: Sequence[Regimen]) -> Regimen:
     """Stack per-subject regimens into a population regimen, padding to the longest."""

@@ -14,6 +14,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pkpd_jax.amortized import batches as B, corpus as C
+from pkpd_jax.amortized._corpus_rows import observe_rows
+from pkpd_jax.amortized._corpus_store import sha256_of
 from pkpd_jax.models import PD_MODELS, PK_MODELS
 
 
@@ -116,7 +118,7 @@ def test_manifest_contents(corpus):
     assert sum(counts["per_class"].values()) == counts["written"]
     assert len(man["shards"]) == man["n_shards"] == 3
     for s in man["shards"]:
-        assert C._sha256(corpus / s["file"]) == s["sha256"]
+        assert sha256_of(corpus / s["file"]) == s["sha256"]
         assert s["rows"] == sum(v["rows"] for v in s["splits"].values())
     info = B.corpus_info(corpus)
     assert info.counts == {k: counts[k] for k in B.SPLITS}
@@ -199,7 +201,7 @@ def test_residual_error_model():
     # a flat truth far above the LLOQ (LLOQ <= 10^-1.5 · C_max): almost no censoring
     sim = {"conc": np.ones((m, 25)), "resp": np.full((m, 25), 10.0), "status": np.zeros(m, np.int32),
            "fallback": np.zeros(m, bool)}
-    rows = C._observe(cfg, draw, sim)["rows"]
+    rows = observe_rows(cfg, draw, sim)["rows"]
     seen = rows["mask"] & ~rows["conc_missing"]
     assert rows["conc_blq"][seen].mean() < 1e-3  # (only beyond -3.9 sd)
     seen &= ~rows["conc_blq"]
@@ -218,7 +220,7 @@ def test_residual_error_model():
 
     # censoring: a decaying truth crosses each subject's LLOQ; BLQ <=> observed value < LLOQ
     sim["conc"] = np.exp(-np.arange(25) / 2.0)[None, :].repeat(m, 0)
-    rows = C._observe(cfg, draw, sim)["rows"]
+    rows = observe_rows(cfg, draw, sim)["rows"]
     seen = rows["mask"] & ~rows["conc_missing"]
     blq = rows["conc_blq"]
     assert 0.05 < blq[seen].mean() < 0.9
@@ -241,6 +243,32 @@ def test_fast_path_matches_the_closed_form(corpus):
     big = ref > 1e-3 * ref.max(axis=1, keepdims=True)
     assert np.all(sim["status"] == 0)
     assert np.max(np.abs(got - ref)[big] / ref[big]) < 2e-3
+
+
+
+def test_class_inputs_simulate_to_the_shard():
+    """`class_model` and `class_args` are what `simulate_shard` integrates: simulating them with
+    `simulate_population` (float64, tight) reproduces the shard's concentrations."""
+    import jax
+
+    from pkpd_jax.dosing import Regimen
+    from pkpd_jax.solve import SolverConfig, simulate_population
+
+    cfg = C.CorpusConfig(family="pk", n=N, seed=SEED, shard_size=KW["shard_size"], classes=KW["classes"])
+    draw = C.sample_shard(cfg, 0)
+    sim = C.simulate_shard(cfg, draw)
+    name = KW["classes"][1]
+    model = C.class_model(cfg, name)
+    assert model.name == name
+    rows = np.flatnonzero(draw["label"] == 1)
+    with jax.enable_x64(True):
+        th, t, a, d, c, ts = C.class_args(cfg, draw, name, rows, np.float64)
+        assert th.shape == (rows.size, len(model.param_names)) and ts.shape == (rows.size, C.N_TIMES)
+        ref = simulate_population(model, th, Regimen(t, a, d, c), ts,
+                                  config=SolverConfig(rtol=1e-10, atol=1e-12))
+    got, want = sim["conc"][rows], np.asarray(ref.conc)
+    big = want > 1e-3 * want.max(axis=1, keepdims=True)
+    assert np.max(np.abs(got - want)[big] / want[big]) < 2e-3
 
 
 # ----------------------------------------------------------------------------- loader

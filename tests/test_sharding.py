@@ -36,7 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import pkpd_jax.simulate as S
+import pkpd_jax.solve as S
+import pkpd_jax.solve._population as P
+from pkpd_jax.devices import shard_leading
 from pkpd_jax.dosing import Regimen
 from pkpd_jax.models import get_model
 
@@ -59,11 +61,11 @@ ts = jnp.asarray(rng.uniform(0.0, 48.0, (N, 8)))
 
 # Record how the library lays out each compiled batch (inputs and outputs, before slicing).
 layout = []
-batch = S._simulate_batch
+batch = P._simulate_batch
 
 
-def spy(model, theta, regimen, ts, y0, t0, config):
-    sol = batch(model, theta, regimen, ts, y0, t0, config)
+def spy(model, theta, regimen, ts, *rest):
+    sol = batch(model, theta, regimen, ts, *rest)
     layout.append({
         "rows": int(theta.shape[0]),
         "theta_devices": len(theta.sharding.device_set),
@@ -73,17 +75,17 @@ def spy(model, theta, regimen, ts, y0, t0, config):
     return sol
 
 
-S._simulate_batch = spy
+P._simulate_batch = spy
 sharded = S.simulate_population(model, theta, regimen, ts, shard=True)
 layout_sharded, layout = layout, []
 plain = S.simulate_population(model, theta, regimen, ts, shard=False)
 layout_plain, layout = layout, []
 chunked = S.simulate_population(model, theta, regimen, ts, shard=True, chunk_size=30)
 layout_chunked = layout
-S._simulate_batch = batch
+P._simulate_batch = batch
 
-# The library's own placement helper spreads a padded batch over the 4 devices.
-placed = S._shard(jnp.concatenate([theta, theta[-1:]]), 4)
+# The library's one placement helper spreads a padded batch over the 4 devices.
+placed = shard_leading(jnp.concatenate([theta, theta[-1:]]), 4)
 assert len(placed.sharding.device_set) == 4
 
 def maxdiff(a, b):

@@ -23,7 +23,8 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-import pkpd_jax.simulate as sim_mod
+import pkpd_jax.solve as sim_mod
+import pkpd_jax.solve._population as population_module
 from pkpd_jax.dosing import DosingError, Regimen, stack_regimens
 from pkpd_jax.models import get_model
 from pkpd_jax.solve import (
@@ -468,7 +469,7 @@ def test_simulate_population_compiles_once_per_shape():
     reg = Regimen.make([0.0, 12.0], [100.0, 100.0])
     ts = jnp.array([1.0, 12.0, 24.0])
     theta = jnp.tile(theta_of(model), (5, 1))
-    cache = sim_mod._simulate_batch._cached
+    cache = population_module._simulate_batch._cached
     size0 = cache._cache_size()
     out = {}
 
@@ -486,3 +487,132 @@ def test_simulate_population_compiles_once_per_shape():
     # A new number of subjects does compile (the counter works).
     assert _count_compiles(lambda: call("third", theta[:3], ts)) >= 1
     assert cache._cache_size() == size0 + 2
+
+
+# =================================================================== engines: method="erk", sensitivities
+TIGHT_ERK = SolverConfig(method="erk", rtol=1e-10, atol=1e-12)
+
+
+def test_erk_method_matches_closed_form_one_compartment_oral():
+    """pk_1c_oral, two doses: the Bateman function superposed (observations at 12 h pre-dose)."""
+    model = get_model("pk_1c_oral")
+    ka, cl, v = 1.2, 2.0, 20.0
+    k = cl / v
+    th = model.pack(dict(ka=ka, CL=cl, V=v))
+    ts = jnp.array([0.0, 0.5, 1.0, 3.0, 12.0, 13.0, 24.0, 48.0])
+    reg = Regimen.make([0.0, 12.0], [100.0, 50.0])
+    sol = simulate(model, th, reg, ts, config=TIGHT_ERK)
+
+    def bateman(dose, t):
+        t = np.maximum(t, 0.0)
+        return dose * ka / (v * (ka - k)) * (np.exp(-k * t) - np.exp(-ka * t))
+
+    t = np.asarray(ts)
+    expected = bateman(100.0, t) + np.where(t > 12.0, bateman(50.0, t - 12.0), 0.0)
+    assert int(sol.status) == 0
+    assert sol.dstates is None and sol.dconc is None and sol.dresp is None
+    np.testing.assert_allclose(sol.conc, expected, rtol=ODE_RTOL, atol=1e-12)
+
+
+def test_erk_method_matches_ode_on_a_nonlinear_model():
+    model = get_model("pk_2c_iv_infusion", "pd_indirect_inhib_kin")
+    rng = np.random.default_rng(3)
+    theta = theta_of(model)[None] * jnp.exp(0.3 * jnp.asarray(rng.standard_normal((4, 7))))
+    reg = Regimen.make([0.0, 24.0], [100.0, 50.0], [1.0, 2.0])
+    ts = jnp.array([0.0, 0.5, 2.0, 8.0, 24.0, 25.0, 48.0, 96.0])
+    erk = simulate_population(model, theta, reg, ts, config=TIGHT_ERK)
+    ode = simulate_population(model, theta, reg, ts, config=TIGHT_ODE)
+    np.testing.assert_allclose(erk.states, ode.states, rtol=1e-7, atol=1e-10)
+    np.testing.assert_allclose(erk.resp, ode.resp, rtol=1e-7, atol=1e-10)
+    # one subject through `simulate` is the same computation as a row of the population
+    one = simulate(model, theta[2], reg, ts, config=TIGHT_ERK)
+    np.testing.assert_allclose(one.states, erk.states[2], rtol=BATCH_RTOL, atol=0)
+
+
+def test_erk_method_refuses_what_it_cannot_do():
+    model = get_model("pk_1c_iv")
+    th, reg, ts = theta_of(model), Regimen.make([0.0], [100.0]), jnp.array([1.0, 2.0])
+    with pytest.raises(ValueError, match="y0"):
+        simulate(model, th, reg, ts, y0=jnp.ones(1), t0=0.0, config=SolverConfig(method="erk"))
+    with pytest.raises(ValueError, match="error estimate"):
+        simulate(model, th, reg, ts, config=SolverConfig(method="erk", solver=dfx.Kvaerno5()))
+    with pytest.raises(ValueError, match="'erk'"):
+        SolverConfig(method="rk4")
+
+
+@pytest.mark.parametrize("models", [("pk_1c_oral_lag", "pd_direct_emax"), ("pk_2c_iv_infusion",)],
+                         ids=["nonlinear-lag", "linear"])
+def test_sensitivities_agree_across_engines_and_with_finite_differences(models):
+    """∂/∂θ from the erk engine's forward sensitivities, from jacfwd of the ode engine (and of
+    the exact engine for a linear model) and from central finite differences of the ode engine."""
+    model = get_model(*models)
+    th = theta_of(model)
+    if "tlag" in model.param_names:
+        th = th.at[model.param_names.index("tlag")].set(0.7)
+    reg = Regimen.make([0.0, 12.0], [100.0, 50.0], [0.0, 1.5])
+    ts = jnp.array([0.3, 1.0, 2.5, 12.0, 13.0, 20.0, 30.0])
+    erk = simulate(model, th, reg, ts, config=TIGHT_ERK, sensitivities=True)
+    ode = simulate(model, th, reg, ts, config=TIGHT_ODE, sensitivities=True)
+    P = th.shape[0]
+    assert erk.dstates.shape == ode.dstates.shape == (ts.shape[0], model.n_states, P)
+    assert erk.dconc.shape == erk.dresp.shape == (ts.shape[0], P)
+    plain = simulate(model, th, reg, ts, config=TIGHT_ODE)
+    np.testing.assert_allclose(ode.states, plain.states, rtol=BATCH_RTOL, atol=0)
+    for name in ("dstates", "dconc", "dresp"):
+        a, b = np.asarray(getattr(erk, name)), np.asarray(getattr(ode, name))
+        floor = GRAD_FLOOR * max(np.max(np.abs(b)), 1e-300)
+        np.testing.assert_allclose(a, b, rtol=GRAD_RTOL, atol=floor, err_msg=name)
+    if model.linear:
+        exact = simulate(model, th, reg, ts, config=EXPM, sensitivities=True)
+        np.testing.assert_allclose(exact.dconc, ode.dconc, rtol=GRAD_RTOL,
+                                   atol=GRAD_FLOOR * float(jnp.max(jnp.abs(ode.dconc))))
+    run = jax.jit(lambda t: simulate(model, t, reg, ts, config=TIGHT_ODE).conc)
+    fd = []
+    for p in range(P):
+        h = FD_REL_STEP * float(th[p])
+        fd.append((run(th.at[p].add(h)) - run(th.at[p].add(-h))) / (2 * h))
+    fd = np.stack(fd, axis=-1)
+    floor = GRAD_FLOOR * np.max(np.abs(fd) * np.asarray(th))
+    np.testing.assert_allclose(np.asarray(erk.dconc) * np.asarray(th), fd * np.asarray(th),
+                               rtol=GRAD_RTOL, atol=floor)
+
+
+# =================================================================== regimen helpers
+def test_regimen_summaries_and_continuation():
+    reg = Regimen.make([0.0, 24.0, 48.0], [100.0, 100.0, 80.0], [1.0, 2.0, 2.0], size=5)
+    assert reg.n_doses == 5
+    real = reg.real_doses()
+    assert real.n_doses == 3
+    np.testing.assert_array_equal(real.amount, [100.0, 100.0, 80.0])
+    assert reg.median_duration() == 2.0
+    assert reg.interval() == 24.0
+    assert Regimen.make([5.0], [10.0]).interval() is None
+    assert Regimen.make([0.0], [10.0]).median_duration() == 0.0
+    # n more doses: every interval after the last, the last amount, the median duration
+    more = reg.continued(2)
+    np.testing.assert_array_equal(more.time, [0.0, 24.0, 48.0, 72.0, 96.0])
+    np.testing.assert_array_equal(more.amount, [100.0, 100.0, 80.0, 80.0, 80.0])
+    np.testing.assert_array_equal(more.duration, [1.0, 2.0, 2.0, 2.0, 2.0])
+    np.testing.assert_array_equal(more.cmt, [-1] * 5)
+    # until a time (exclusive), with an explicit interval, amount, start and compartment
+    until = reg.continued(tau=12.0, until=84.0, amount=5.0, duration=0.0, cmt=0)
+    np.testing.assert_array_equal(until.time, [0.0, 24.0, 48.0, 60.0, 72.0])
+    np.testing.assert_array_equal(until.amount, [100.0, 100.0, 80.0, 5.0, 5.0])
+    np.testing.assert_array_equal(until.cmt, [-1, -1, -1, 0, 0])
+    started = reg.continued(1, 24.0, start=50.0)
+    np.testing.assert_array_equal(started.time, [0.0, 24.0, 48.0, 50.0])
+    # simulating the continued regimen is simulating the longer regimen written by hand
+    model = get_model("pk_1c_iv")
+    ts = jnp.array([10.0, 80.0, 100.0])
+    by_hand = Regimen.make([0, 24, 48, 72, 96], [100, 100, 80, 80, 80], [1, 2, 2, 2, 2])
+    np.testing.assert_array_equal(simulate(model, theta_of(model), more, ts, config=EXPM).conc,
+                                  simulate(model, theta_of(model), by_hand, ts, config=EXPM).conc)
+    pop = stack_regimens([reg, Regimen.make([0.0], [10.0])])
+    assert pop.subject(1).n_doses == 5 and float(pop.subject(1).amount[0]) == 10.0
+    assert pop.median_duration() == 1.5  # over every real dose of every subject: 1, 2, 2 and 0
+    with pytest.raises(DosingError, match="subject"):
+        pop.interval()
+    with pytest.raises(DosingError, match="exactly one"):
+        reg.continued(2, until=100.0)
+    with pytest.raises(DosingError, match="tau"):
+        Regimen.make([0.0], [10.0]).continued(2)
