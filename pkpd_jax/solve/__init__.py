@@ -10,13 +10,19 @@ Public names (re-exported; see each for its documentation):
   dosing interval, and the trajectory over one interval at steady state;
 - [`solve_erk`][] / [`erk_supported`][]: the one-loop explicit Runge-Kutta engine with forward
   sensitivities (the likelihood's and the corpus's engine);
+- the periodic steady-state engine of a repeated dosing interval for models with linear PK
+  (`periodic`: exact unit-dose PK by superposition, one RK4 pass for the response, Newton on
+  the interval map; [`periodic_extremes`][], [`periodic_profile`][], [`interval_grid`][], ...),
+  the trials' fast path, with `linalg` (the small-matrix exponential and the exact affine step);
 - [`SolverConfig`][], [`Solution`][], [`SteadyState`][], [`SimulationError`][],
   `STATUS_MESSAGES` (the one status enumeration), `METHODS` (the engine names).
 
 Modules, one concept each: `_config` (settings, statuses, result types), `_simulate` (the merged
 observation/event grid and the dispatch to an engine), `_ode` (diffrax per interval), `_expm`
 (exact, linear systems), `_erk` (one adaptive loop with sensitivities), `_population`
-(vmapped, sharded, chunked), `_steady` (steady state).
+(vmapped, sharded, chunked), `_steady` (steady state by repeated intervals, any model),
+`periodic` (steady state of a linear-PK model, the trials' engine), `linalg` (small dense
+matrix functions).
 
 **Failures.** Each subject carries a status (0 success, 1 max steps reached, 2 non-finite state,
 3 other solver failure, 4 not steady). `simulate_population(throw=True)` raises on any failure;
@@ -42,6 +48,17 @@ from ._erk import erk_supported as erk_supported, solve_erk as solve_erk
 from ._population import simulate_population as simulate_population
 from ._simulate import simulate as simulate
 from ._steady import simulate_steady_state as simulate_steady_state, steady_state as steady_state
+from .linalg import affine_propagator as affine_propagator, expm_small as expm_small
+from .periodic import (
+    STIFFNESS_LIMIT as STIFFNESS_LIMIT,
+    IntervalGrid as IntervalGrid,
+    fast_path_applies as fast_path_applies,
+    interval_grid as interval_grid,
+    periodic_extremes as periodic_extremes,
+    periodic_profile as periodic_profile,
+    unit_dose_regimen as unit_dose_regimen,
+    unit_pk_steady_state as unit_pk_steady_state,
+)
 
 
 __all__ = [
@@ -63,4 +80,14 @@ __all__ = [
     "simulate_steady_state",
     "solve_erk",
     "steady_state",
+    "affine_propagator",
+    "expm_small",
+    "STIFFNESS_LIMIT",
+    "IntervalGrid",
+    "fast_path_applies",
+    "interval_grid",
+    "periodic_extremes",
+    "periodic_profile",
+    "unit_dose_regimen",
+    "unit_pk_steady_state",
 ]

@@ -39,7 +39,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 from ..dosing import Regimen, event_grid
-from . import MAX_STEPS, NONFINITE, NOT_STEADY, SUCCESS
+from ._config import MAX_STEPS, NONFINITE, NOT_STEADY, SUCCESS
 from .linalg import affine_propagator
 
 
