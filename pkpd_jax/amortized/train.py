@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from ..errors import PkpdError
+from ..nn import checkpoint
 from .batches import Batch
 from .encoder import ModelConfig, TransformerEncoder, apply_batch
 
@@ -368,29 +369,12 @@ class Checkpoint:
         return tuple(self.info["class_names"])
 
 
-def _write_atomic(path: Path, header: dict, tree: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        header = json.loads(f.readline())
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a pkpd_jax amortized checkpoint (format "
-                         f"{header.get('format')!r}, expected {_FORMAT!r}).")
-    return header
+    return checkpoint.read_header(path, format=_FORMAT, what="pkpd_jax amortized checkpoint")
 
 
 def _read_tree(path: Path, like: Any) -> Any:
-    with open(path, "rb") as f:
-        f.readline()
-        return eqx.tree_deserialise_leaves(f, like)
+    return checkpoint.load(path, like, format=_FORMAT, what="pkpd_jax amortized checkpoint")[1]
 
 
 def _model_skeleton(config: ModelConfig) -> TransformerEncoder:
@@ -407,8 +391,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if not found:
             raise FileNotFoundError(f"no {BEST_FILE} or {CHECKPOINT_FILE} in {path}.")
         path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
     header = _read_header(path)
     config = ModelConfig.from_dict(header["model_config"])
     if header["kind"] == "model":
@@ -592,9 +574,9 @@ def train(
                 base = {"format": _FORMAT, "model_config": config.to_dict(), "train_config": train_config,
                         "info": info, "epoch": epoch + 1, "step": step, "best_val_loss": best_val}
                 if improved:  # before the training state, so that a resume can never skip it
-                    _write_atomic(out_dir / BEST_FILE, {**base, "kind": "model"}, model)
-                _write_atomic(out_dir / CHECKPOINT_FILE, {**base, "kind": "train_state", "history": history},
-                              (model, opt_state, drop_key))
+                    checkpoint.save(out_dir / BEST_FILE, {**base, "kind": "model"}, model)
+                state = {**base, "kind": "train_state", "history": history}
+                checkpoint.save(out_dir / CHECKPOINT_FILE, state, (model, opt_state, drop_key))
             if log is not None:
                 log(_summary(record, epochs))
             if on_epoch_end is not None:

@@ -61,7 +61,6 @@ Checkpoints are one file: a JSON header line (config, standardisation, quantiles
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -75,6 +74,7 @@ import jax.random as jr
 import numpy as np
 import optax
 
+from ..nn import checkpoint
 from . import constraints as C
 from .reference import VARIABLES, index
 
@@ -418,35 +418,25 @@ def _train(x, mean, std, config, steps, batch_size, lr, lam, cond_drop, ema, see
 # ---------------------------------------------------------------------------------------- checkpoints
 def save(diffusion: VirtualPatientDiffusion, path: str | Path) -> Path:
     """Write `diffusion` to one file (JSON header line + equinox-serialised denoiser), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = {
         "format": _FORMAT, "config": dataclasses.asdict(diffusion.config), "variables": list(VARIABLES),
         "mean": diffusion.mean.tolist(), "std": diffusion.std.tolist(),
         "weight_quantiles": diffusion.weight_quantiles.tolist(),
         "age_quantiles": diffusion.age_quantiles.tolist(), "meta": diffusion.meta,
     }
-    from ..amortized.train import _write_atomic
-
-    _write_atomic(path, header, diffusion.model)
-    return path
+    return checkpoint.save(path, header, diffusion.model)
 
 
 def load(path: str | Path) -> VirtualPatientDiffusion:
     """Read a checkpoint written by [`save`][]."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
-    with open(path, "rb") as f:
-        header = json.loads(f.readline())
-        if header.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a virtual-patient diffusion checkpoint "
-                             f"(format {header.get('format')!r}, expected {_FORMAT!r}).")
-        if tuple(header["variables"]) != VARIABLES:
-            raise ValueError(f"{path} was trained on variables {header['variables']}, not {list(VARIABLES)}.")
-        config = DiffusionConfig(**header["config"])
-        like = eqx.filter_eval_shape(Denoiser, config, key=jr.PRNGKey(0))
-        model = eqx.tree_deserialise_leaves(f, like)
+    what = "virtual-patient diffusion checkpoint"
+    header = checkpoint.read_header(path, format=_FORMAT, what=what)
+    if tuple(header["variables"]) != VARIABLES:
+        raise checkpoint.CheckpointError(f"{path} was trained on variables {header['variables']}, "
+                                         f"not {list(VARIABLES)}.")
+    config = DiffusionConfig(**header["config"])
+    like = eqx.filter_eval_shape(Denoiser, config, key=jr.PRNGKey(0))
+    _, model = checkpoint.load(path, like, format=_FORMAT, what=what)
     return VirtualPatientDiffusion(
         model=model, config=config, mean=np.asarray(header["mean"]), std=np.asarray(header["std"]),
         weight_quantiles=np.asarray(header["weight_quantiles"]),
