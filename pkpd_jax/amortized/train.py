@@ -63,6 +63,7 @@ __all__ = [
     "Checkpoint",
     "loss_terms",
     "make_optimizer",
+    "make_steps",
     "train",
     "load_checkpoint",
     "CHECKPOINT_FILE",
@@ -322,9 +323,11 @@ def make_optimizer(preset: Preset, total_steps: int) -> tuple[optax.GradientTran
 
 
 @functools.lru_cache(maxsize=8)
-def _make_steps(preset: Preset, total_steps: int):
-    """Jitted ``(train_step, eval_step)`` and the schedule; cached so that runs with the same
-    preset and length share one compilation."""
+def make_steps(preset: Preset, total_steps: int):
+    """``(optimizer, schedule, train_step, eval_step)`` of a `total_steps` run with `preset`:
+    ``train_step(model, opt_state, arrays, key) -> (model, opt_state, [loss, ce, mse, acc,
+    grad_norm])`` and ``eval_step(model, arrays)`` (sums over the batch), both jitted. Cached, so
+    that runs with the same preset and length share one compilation."""
     optim, schedule = make_optimizer(preset, total_steps)
     lam = preset.lam
     @eqx.filter_jit
@@ -494,7 +497,7 @@ def train(
     train_config = {"preset": preset.to_dict(), "epochs": epochs, "seed": int(seed),
                     "batch_size": int(source.batch_size), "steps_per_epoch": steps_per_epoch,
                     "total_steps": total_steps}
-    optim, schedule, train_step, eval_step = _make_steps(preset, total_steps)
+    optim, schedule, train_step, eval_step = make_steps(preset, total_steps)
 
     k_init, drop_key = jr.split(jr.PRNGKey(seed))
     model = TransformerEncoder(config, key=k_init)

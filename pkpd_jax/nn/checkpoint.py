@@ -75,14 +75,14 @@ def save(path: str | Path, header: dict, tree: Any) -> Path:
     return path
 
 
-def _header(f: BinaryIO, path: Path) -> dict:
+def _header(f: BinaryIO, path: Path, what: str) -> dict:
     try:
         header = json.loads(f.readline())
     except (json.JSONDecodeError, UnicodeDecodeError):
         header = None
     if not isinstance(header, dict):
-        raise CheckpointError(f"{path} is not a pkpd_jax checkpoint (its first line is not a JSON "
-                              "header); check the path.")
+        raise CheckpointError(f"{path} is not a {what} (its first line is not a JSON header); "
+                              "check the path.")
     return header
 
 
@@ -98,7 +98,7 @@ def _check_format(header: dict, path: Path, format: str | None, what: str) -> No
                               f"expected {format!r}).")
 
 
-def read_header(path: str | Path, *, format: str | None = None, what: str = "checkpoint") -> dict:
+def read_header(path: str | Path, *, format: str | None = None, what: str = "pkpd_jax checkpoint") -> dict:
     """The JSON header of the checkpoint at `path`.
 
     **Arguments:**
@@ -114,13 +114,13 @@ def read_header(path: str | Path, *, format: str | None = None, what: str = "che
     """
     path = Path(path)
     with _open(path) as f:
-        header = _header(f, path)
+        header = _header(f, path, what)
     _check_format(header, path, format, what)
     return header
 
 
 def load(path: str | Path, like: Any, *, format: str | None = None,
-         what: str = "checkpoint") -> tuple[dict, Any]:
+         what: str = "pkpd_jax checkpoint") -> tuple[dict, Any]:
     """Read the checkpoint at `path` into a tree shaped like `like`.
 
     **Arguments:**
@@ -138,7 +138,7 @@ def load(path: str | Path, like: Any, *, format: str | None = None,
     """
     path = Path(path)
     with _open(path) as f:
-        header = _header(f, path)
+        header = _header(f, path, what)
         _check_format(header, path, format, what)
         try:
             tree = eqx.tree_deserialise_leaves(f, like)
