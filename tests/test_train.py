@@ -134,7 +134,8 @@ def test_presets():
 
 def test_make_steps_is_cached_and_consistent_with_loss_terms():
     """`make_steps`: one compilation per (preset, length); `eval_step` returns batch sums of the
-    `loss_terms` values; two `train_step`s (the first at lr 0) move the weights and reports finite statistics."""
+    `loss_terms` values; two `train_step`s (the first at lr 0) move the weights and report finite
+    statistics."""
     import jax.random as jr
 
     from pkpd_jax.amortized.encoder import TransformerEncoder
