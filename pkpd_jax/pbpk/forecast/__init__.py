@@ -19,8 +19,8 @@ thousands of subjects in seconds. `tests/test_pbpk_forecast.py` checks it agains
 ``scipy.linalg.expm`` and the simulator, and the study against the simulator's ODE solve. The
 grid of a species is the human grid (``t_min``-``t_max`` h) scaled by ``(BW_ref / 73 kg)**0.25``
 (physiological time: a mouse is sampled over 0.03-6 h). Points below ``lloq_frac`` × the
-subject's C_max are *below the limit of quantification*: they are not fed to the network, not in the loss and not scored.
-Observations are ``log C + N(0, noise_sd²)``; the targets are the noise-free log concentrations.
+subject's C_max are *below the limit of quantification*: they are not fed to the network, not
+in the loss and not scored. Observations are ``log C + N(0, noise_sd²)``; the targets are the noise-free log concentrations.
 Drugs are split into train / validation / test, so test drugs are never seen in training.
 
 **Inputs** (per subject): 21 features, standardised with the training-set mean and SD: the drug
