@@ -7,21 +7,21 @@ species and body weight, the dose and route, and the first ``k_obs`` observed co
 (with a proportional measurement error), the network predicts the log concentration at the
 remaining grid times.
 
-**Corpus** ([`build_corpus`][]). Random drugs (kind neutral / acid / base, logP, fu, pKa, CLint,
-ka, fa; ranges in [`CorpusConfig`][]) × random subjects (species uniform over ``SPECIES``, body
-weight log-normal around the species reference, dose per kg log-uniform, route IV or oral with
-equal probability), simulated with the whole-body model ``pbpk_whole_body``. Since that model is
-linear and every subject gets one dose, the plasma curve is the exact solution
-``C(t) = e_venous^T exp(K t) e_dose · dose / (V_venous · BP)`` with ``K`` the model's linear
-generator (`PKPDModel.linear_generator`, the matrix the simulator's ``method="expm"`` path uses),
-propagated from one grid time to the next with ``expm(K Δt)`` ([`single_dose_curves`][]):
-thousands of subjects in seconds. `tests/test_pbpk_forecast.py` checks it against
-``scipy.linalg.expm`` and the simulator, and the study against the simulator's ODE solve. The
-grid of a species is the human grid (``t_min``-``t_max`` h) scaled by ``(BW_ref / 73 kg)**0.25``
-(physiological time: a mouse is sampled over 0.03-6 h). Points below ``lloq_frac`` × the
-subject's C_max are *below the limit of quantification*: they are not fed to the network, not
-in the loss and not scored. Observations are ``log C + N(0, noise_sd²)``; the targets are the noise-free log concentrations.
-Drugs are split into train / validation / test, so test drugs are never seen in training.
+**Corpus** ([`build_corpus`][]). Random drugs (kind neutral / acid / base, logP, fu, pKa, CLint, ka,
+fa; ranges in [`CorpusConfig`][]) × random subjects (species uniform over ``SPECIES``, body weight
+log-normal around the species reference, dose per kg log-uniform, route IV or oral with equal
+probability), simulated with the whole-body model ``pbpk_whole_body``. Since that model is linear
+and every subject gets one dose, the plasma curve is the exact solution ``C(t) = e_venous^T exp(K t)
+e_dose · dose / (V_venous · BP)`` with ``K`` the model's linear generator
+(`PKPDModel.linear_generator`, the matrix the simulator's ``method="expm"`` path uses), propagated
+from one grid time to the next with ``expm(K Δt)`` ([`single_dose_curves`][]): thousands of subjects
+in seconds. `tests/test_pbpk_forecast.py` checks it against ``scipy.linalg.expm`` and the simulator,
+and the study against the simulator's ODE solve. The grid of a species is the human grid
+(``t_min``-``t_max`` h) scaled by ``(BW_ref / 73 kg)**0.25`` (physiological time: a mouse is sampled
+over 0.03-6 h). Points below ``lloq_frac`` × the subject's C_max are *below the limit of
+quantification*: they are not fed to the network, not in the loss and not scored. Observations are
+``log C + N(0, noise_sd²)``; the targets are the noise-free log concentrations. Drugs are split into
+train / validation / test, so test drugs are never seen in training.
 
 **Inputs** (per subject): 21 features, standardised with the training-set mean and SD: the drug
 (logP, log10 fu, acid / base flags, pKa - 7 for ionisable drugs, log10 CLint, log10 ka, fa, log10
