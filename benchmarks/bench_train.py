@@ -57,12 +57,12 @@ def bench_preset(name: str, batch_size: int, n_times: int, n_features: int, step
     import jax.random as jr
 
     from pkpd_jax.amortized.encoder import TransformerEncoder
-    from pkpd_jax.amortized.train import PRESETS, _make_steps
+    from pkpd_jax.amortized.train import PRESETS, make_steps
 
     preset = PRESETS[name]
     config = preset.model_config(n_features, N_CLASSES, N_PARAMS)
     total = 1 + steps
-    optim, _, train_step, _ = _make_steps(preset, 10_000)  # long schedule: lr > 0 throughout
+    optim, _, train_step, _ = make_steps(preset, 10_000)  # long schedule: lr > 0 throughout
     model = TransformerEncoder(config, key=jr.PRNGKey(seed))
     opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
     n_weights = sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))

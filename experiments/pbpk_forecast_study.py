@@ -70,7 +70,7 @@ def throughput(result, corpus, idx: np.ndarray, repeats: int, log=print) -> dict
 
     from pkpd_jax.dosing import Regimen
     from pkpd_jax.models import get_model
-    from pkpd_jax.pbpk.forecast import _N_RAW, forecast_fn, predict
+    from pkpd_jax.pbpk.forecast import N_RAW_DESCRIPTORS, forecast_fn, predict
     from pkpd_jax.solve import SolverConfig, simulate_population
 
     n = idx.size
@@ -80,7 +80,8 @@ def throughput(result, corpus, idx: np.ndarray, repeats: int, log=print) -> dict
     reg = Regimen(time=jnp.zeros((n, 1)), amount=jnp.asarray(corpus.dose[idx])[:, None],
                   duration=jnp.zeros((n, 1)), cmt=jnp.asarray(corpus.route_cmt[idx])[:, None])
     fast = forecast_fn(result.model, result.norm)
-    args = tuple(jnp.asarray(a) for a in (corpus.desc[idx, :_N_RAW], corpus.theta[idx], corpus.bw[idx],
+    raw = corpus.desc[idx, :N_RAW_DESCRIPTORS]
+    args = tuple(jnp.asarray(a) for a in (raw, corpus.theta[idx], corpus.bw[idx],
                                           corpus.times[idx], corpus.log_obs[idx],
                                           corpus.log_dose_per_kg[idx]))
 

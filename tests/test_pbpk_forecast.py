@@ -4,18 +4,20 @@ overfit of a tiny corpus is `slow`), save/load, errors."""
 from __future__ import annotations
 
 import equinox as eqx
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.linalg import expm
 
+from pkpd_jax._x64 import x64
+from pkpd_jax.dosing import Regimen
 from pkpd_jax.models import get_model
-from pkpd_jax.pbpk import Drug, pbpk_params
+from pkpd_jax.pbpk import IV_CMT, ORAL_CMT, Drug, pbpk_params
 from pkpd_jax.pbpk.forecast import (
     DESCRIPTOR_NAMES,
     CorpusConfig,
     ForecastConfig,
     PBPKForecaster,
-    _kinetic_matrices,
     build_corpus,
     derived_features,
     descriptors,
@@ -23,9 +25,11 @@ from pkpd_jax.pbpk.forecast import (
     load_forecaster,
     predict,
     save_forecaster,
+    single_dose_curves,
     species_grid,
     train_forecaster,
 )
+from pkpd_jax.solve import SolverConfig, simulate_population
 
 
 TINY = CorpusConfig(n_drugs=10, subjects_per_drug=2, n_times=10, k_obs=3, split=(0.6, 0.2), seed=3)
@@ -63,18 +67,39 @@ def test_corpus_is_deterministic_and_split_by_drug(corpus):
 
 
 def test_corpus_curves_match_matrix_exponential(corpus):
-    """The eigen-decomposition solution equals expm(K t) y0 of the model's Jacobian."""
-    K = np.asarray(_kinetic_matrices(corpus.theta))  # the corpus's own (compiled) shape
+    """The corpus curves equal expm(K t) y0 of the model's linear generator (scipy)."""
+    model = get_model("pbpk_whole_body")
     for i in range(3):
+        with x64():
+            K = np.asarray(model.linear_generator(jnp.asarray(corpus.theta[i], jnp.float64)))
         y0 = np.zeros(K.shape[-1])
         y0[corpus.route_cmt[i]] = corpus.dose[i]
         scale = corpus.theta[i, NAMES.index("V_venous")] * corpus.theta[i, NAMES.index("BP")]
-        ref = np.array([(expm(K[i] * t) @ y0)[1] for t in corpus.times[i]]) / scale
+        ref = np.array([(expm(K * t) @ y0)[1] for t in corpus.times[i]]) / scale
         q = corpus.quantified[i]
         np.testing.assert_allclose(np.exp(corpus.log_conc[i][q]), ref[q], rtol=1e-7)
     # Observations carry the stated noise around the truth.
     resid = (corpus.log_obs - corpus.log_conc) / TINY.noise_sd
     assert 0.8 < resid.std() < 1.2
+
+
+def test_single_dose_curves_match_the_simulator():
+    """`single_dose_curves` (exact propagation) equals the solve layer's ODE simulation, for IV and
+    oral doses on an uneven grid, and rejects unsorted times."""
+    model = get_model("pbpk_whole_body")
+    drugs = [Drug(logp=2.0, fu=0.2, clint=5.0), Drug(logp=0.5, fu=0.6, kind="acid", pka=4.0, clint=1.0)]
+    theta = np.array([[pbpk_params("rat", d, 0.3)[k] for k in NAMES] for d in drugs])
+    dose, cmt = np.array([1.0, 2.0]), np.array([IV_CMT, ORAL_CMT])
+    times = np.tile(np.array([0.1, 0.3, 1.0, 2.5, 8.0, 24.0]), (2, 1))
+    conc = single_dose_curves(theta, dose, cmt, times, NAMES)
+    reg = Regimen(time=np.zeros((2, 1)), amount=dose[:, None], duration=np.zeros((2, 1)), cmt=cmt[:, None])
+    with x64():
+        cfg = SolverConfig(method="ode", rtol=1e-10, atol=1e-14, max_steps=100_000)
+        sol = simulate_population(model, jnp.asarray(theta), reg, jnp.asarray(times), config=cfg)
+        ode = np.asarray(sol.conc)
+    np.testing.assert_allclose(conc, ode, rtol=1e-6)
+    with pytest.raises(ValueError, match="non-decreasing"):
+        single_dose_curves(theta, dose, cmt, times[:, ::-1], NAMES)
 
 
 def test_descriptors_and_derived_features():

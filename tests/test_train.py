@@ -33,6 +33,7 @@ from pkpd_jax.amortized.train import (
     NonFiniteLossError,
     load_checkpoint,
     loss_terms,
+    make_steps,
     train,
 )
 
@@ -129,6 +130,36 @@ def test_presets():
     assert (PRESETS["tiny"].d_model, PRESETS["tiny"].n_layers) == (32, 2)
     with pytest.raises(ValueError, match="unknown preset 'big'"):
         train(None, preset="big", epochs=1)
+
+
+def test_make_steps_is_cached_and_consistent_with_loss_terms():
+    """`make_steps`: one compilation per (preset, length); `eval_step` returns batch sums of the
+    `loss_terms` values; two `train_step`s (the first at lr 0) move the weights and report finite
+    statistics."""
+    import jax.random as jr
+
+    from pkpd_jax.amortized.encoder import TransformerEncoder
+
+    preset = PRESETS["tiny"]
+    steps = make_steps(preset, 50)
+    assert make_steps(preset, 50) is steps and len(steps) == 4
+    optim, schedule, train_step, eval_step = steps
+    assert float(schedule(0)) == 0.0 and float(schedule(25)) > 0.0
+    model = TransformerEncoder(preset.model_config(1, 3, 3), key=jr.PRNGKey(0))
+    d = _synthetic(16, 5)
+    arrays = tuple(d[k] for k in ("times", "values", "mask", "label", "params", "param_mask"))
+    sums = np.asarray(eval_step(model, arrays))
+    logits, params = apply_batch(model, d["times"], d["values"], d["mask"], inference=True)
+    terms = loss_terms(logits, params, d["label"], d["params"], d["param_mask"])
+    ce, mse, acc = (float(x) for x in terms)
+    n_present = d["param_mask"].sum()
+    np.testing.assert_allclose(sums, [ce * 16, mse * n_present, acc * 16, n_present, 16], rtol=1e-5)
+    opt_state = optim.init(eqx.filter(model, eqx.is_inexact_array))
+    new, opt_state, stats = train_step(model, opt_state, arrays, jr.PRNGKey(1))  # lr 0 at step 0
+    new, _, stats = train_step(new, opt_state, arrays, jr.PRNGKey(2))
+    assert np.isfinite(np.asarray(stats)).all() and stats.shape == (5,)
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(eqx.filter(model, eqx.is_array)),
+                                                        jax.tree.leaves(eqx.filter(new, eqx.is_array))))
 
 
 # --------------------------------------------------------------------------------------- overfit

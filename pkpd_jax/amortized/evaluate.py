@@ -19,6 +19,7 @@ predicted class), for classifying real subjects.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -182,26 +183,27 @@ class Prediction:
     params_by_class: list[dict[str, dict[str, float]]] | None = None
 
 
-_FORWARD = None
+@functools.cache
+def _forward_fn():
+    """The jitted inference forward pass, built once on first use (keeps JAX out of import)."""
+    import equinox as eqx
+    import jax
+
+    from .encoder import apply_batch
+
+    @eqx.filter_jit
+    def fwd(model, times, values, mask):
+        logits, params = apply_batch(model, times, values, mask, inference=True)
+        return jax.nn.softmax(logits, axis=-1), params
+
+    return fwd
 
 
 def _forward(model, times, values, mask):
-    """Jitted inference forward pass ``-> (probs [B, C], params [B, C, P])`` (built on first use)."""
-    global _FORWARD
-    if _FORWARD is None:
-        import equinox as eqx
-        import jax
-
-        from .encoder import apply_batch
-
-        @eqx.filter_jit
-        def fwd(model, times, values, mask):
-            logits, params = apply_batch(model, times, values, mask, inference=True)
-            return jax.nn.softmax(logits, axis=-1), params
-
-        _FORWARD = fwd
-    probs, params = _FORWARD(model, np.asarray(times, np.float32), np.asarray(values, np.float32),
-                             np.asarray(mask, bool))
+    """Jitted inference forward pass ``-> (probs [B, C], params [B, C, P])``."""
+    fwd = _forward_fn()
+    probs, params = fwd(model, np.asarray(times, np.float32), np.asarray(values, np.float32),
+                        np.asarray(mask, bool))
     return np.asarray(probs, np.float64), np.asarray(params, np.float64)
 
 

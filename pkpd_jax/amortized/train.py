@@ -46,6 +46,7 @@ import numpy as np
 import optax
 
 from ..errors import PkpdError
+from ..nn import checkpoint
 from .batches import Batch
 from .encoder import ModelConfig, TransformerEncoder, apply_batch
 
@@ -62,6 +63,7 @@ __all__ = [
     "Checkpoint",
     "loss_terms",
     "make_optimizer",
+    "make_steps",
     "train",
     "load_checkpoint",
     "CHECKPOINT_FILE",
@@ -321,9 +323,11 @@ def make_optimizer(preset: Preset, total_steps: int) -> tuple[optax.GradientTran
 
 
 @functools.lru_cache(maxsize=8)
-def _make_steps(preset: Preset, total_steps: int):
-    """Jitted ``(train_step, eval_step)`` and the schedule; cached so that runs with the same
-    preset and length share one compilation."""
+def make_steps(preset: Preset, total_steps: int):
+    """``(optimizer, schedule, train_step, eval_step)`` of a `total_steps` run with `preset`:
+    ``train_step(model, opt_state, arrays, key) -> (model, opt_state, [loss, ce, mse, acc,
+    grad_norm])`` and ``eval_step(model, arrays)`` (sums over the batch), both jitted. Cached, so
+    that runs with the same preset and length share one compilation."""
     optim, schedule = make_optimizer(preset, total_steps)
     lam = preset.lam
     @eqx.filter_jit
@@ -368,29 +372,12 @@ class Checkpoint:
         return tuple(self.info["class_names"])
 
 
-def _write_atomic(path: Path, header: dict, tree: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_header(path: Path) -> dict:
-    with open(path, "rb") as f:
-        header = json.loads(f.readline())
-    if header.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a pkpd_jax amortized checkpoint (format "
-                         f"{header.get('format')!r}, expected {_FORMAT!r}).")
-    return header
+    return checkpoint.read_header(path, format=_FORMAT, what="pkpd_jax amortized checkpoint")
 
 
 def _read_tree(path: Path, like: Any) -> Any:
-    with open(path, "rb") as f:
-        f.readline()
-        return eqx.tree_deserialise_leaves(f, like)
+    return checkpoint.load(path, like, format=_FORMAT, what="pkpd_jax amortized checkpoint")[1]
 
 
 def _model_skeleton(config: ModelConfig) -> TransformerEncoder:
@@ -407,8 +394,6 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         if not found:
             raise FileNotFoundError(f"no {BEST_FILE} or {CHECKPOINT_FILE} in {path}.")
         path = found[0]
-    elif not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist.")
     header = _read_header(path)
     config = ModelConfig.from_dict(header["model_config"])
     if header["kind"] == "model":
@@ -512,7 +497,7 @@ def train(
     train_config = {"preset": preset.to_dict(), "epochs": epochs, "seed": int(seed),
                     "batch_size": int(source.batch_size), "steps_per_epoch": steps_per_epoch,
                     "total_steps": total_steps}
-    optim, schedule, train_step, eval_step = _make_steps(preset, total_steps)
+    optim, schedule, train_step, eval_step = make_steps(preset, total_steps)
 
     k_init, drop_key = jr.split(jr.PRNGKey(seed))
     model = TransformerEncoder(config, key=k_init)
@@ -592,9 +577,9 @@ def train(
                 base = {"format": _FORMAT, "model_config": config.to_dict(), "train_config": train_config,
                         "info": info, "epoch": epoch + 1, "step": step, "best_val_loss": best_val}
                 if improved:  # before the training state, so that a resume can never skip it
-                    _write_atomic(out_dir / BEST_FILE, {**base, "kind": "model"}, model)
-                _write_atomic(out_dir / CHECKPOINT_FILE, {**base, "kind": "train_state", "history": history},
-                              (model, opt_state, drop_key))
+                    checkpoint.save(out_dir / BEST_FILE, {**base, "kind": "model"}, model)
+                state = {**base, "kind": "train_state", "history": history}
+                checkpoint.save(out_dir / CHECKPOINT_FILE, state, (model, opt_state, drop_key))
             if log is not None:
                 log(_summary(record, epochs))
             if on_epoch_end is not None:

@@ -23,8 +23,11 @@ partition coefficient Kp_t releases venous blood at ``Cv_t = C_t · BP / Kp_t``)
 
 **Observation:** venous plasma concentration ``C_venous / BP`` (mg/L).
 
-**Analytic results** (used as test oracles; derivations by integrating each mass balance from 0
-to infinity, or at steady state):
+**Analytic results** (derivations by integrating each mass balance from 0 to infinity, or at
+steady state). They are closed forms of the same θ, not a second simulation path: documented
+fast paths where only CL, Vss or F are needed (the allometry library's truth, the forecaster's
+derived input features: algebra on θ, no solve) and test oracles for the solve layer, which
+remains the one way to get a concentration curve:
 
 - plasma clearance ``CL = BP · Q_h · fu_b CLint_h / (Q_h + fu_b CLint_h) + fu · GFR`` with
   ``fu_b = fu / BP``, ``CLint_h = CLint · V_liver``, ``Q_h = Q_liver`` (`clearance_analytic`);

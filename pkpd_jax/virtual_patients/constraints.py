@@ -1,7 +1,7 @@
 """Physiological constraints on a covariate matrix, as per-sample violation magnitudes.
 
 Every constraint is a function ``f(x) -> v`` of a covariate matrix ``x`` of shape ``(..., D)`` in natural
-units (columns [`pkpd_jax.virtual_patients.reference.VARIABLES`][]) returning ``v`` of shape ``(...)``
+units (columns [`pkpd_jax.virtual_patients.schema.VARIABLES`][]) returning ``v`` of shape ``(...)``
 with ``v >= 0`` and ``v == 0`` exactly when the constraint holds. Magnitudes are dimensionless (relative
 to the bound or to the width of the allowed range), so they can be summed into one penalty.
 
@@ -12,7 +12,7 @@ The constraints ([`CONSTRAINTS`][]):
 
 - ``positivity``: every variable but ``female`` is > 0.
 - ``organ_mass``: the listed organ volumes times their tissue densities
-  ([`reference.DENSITY`][]) weigh at most the body weight.
+  ([`schema.DENSITY`][]) weigh at most the body weight.
 - ``flow_sum``: the systemic regional blood flows sum to at most the cardiac output.
 - ``bmi_consistency``: ``|BMI - W/H²| <= 1 %`` of BMI (H in m).
 - ``ranges``: each variable inside [`RANGES`][] (adult ages 18-85 y, haematocrit 0.30-0.55, albumin 30-55 g/L,
@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from .reference import DENSITY, FLOW_ORGANS, ORGANS, VARIABLES, du_bois_bsa, index
+from .schema import DENSITY, FLOW_ORGANS, ORGANS, VARIABLES, du_bois_bsa, index
 
 
 __all__ = [

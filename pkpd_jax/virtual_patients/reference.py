@@ -45,33 +45,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from .constraints import violations_numpy
+from .schema import (
+    DENSITY as DENSITY,
+    FLOW_ORGANS as FLOW_ORGANS,
+    ORGANS as ORGANS,
+    UNITS as UNITS,
+    VARIABLES as VARIABLES,
+    du_bois_bsa as du_bois_bsa,
+    index as index,
+)
+
 
 __all__ = [
     "VARIABLES", "UNITS", "ORGANS", "FLOW_ORGANS", "DENSITY", "ICRP_REFERENCE", "index",
     "du_bois_bsa", "ckd_epi_2021", "generate", "as_dict",
 ]
-
-#: Tissues with a volume column ``v_<organ>``.
-ORGANS = ("liver", "kidney", "brain", "heart", "lung", "muscle", "adipose", "skin")
-#: Tissues with a blood-flow column ``q_<organ>`` (systemic; the lungs receive the whole cardiac output).
-FLOW_ORGANS = ("liver", "kidney", "brain", "heart", "muscle", "adipose", "skin")
-
-VARIABLES = (
-    ("female", "age", "height", "weight", "bmi")
-    + tuple(f"v_{o}" for o in ORGANS)
-    + ("co",)
-    + tuple(f"q_{o}" for o in FLOW_ORGANS)
-    + ("gfr", "hct", "albumin")
-)
-UNITS = {
-    "female": "1", "age": "y", "height": "cm", "weight": "kg", "bmi": "kg/m^2",
-    **{f"v_{o}": "L" for o in ORGANS}, "co": "L/h", **{f"q_{o}": "L/h" for o in FLOW_ORGANS},
-    "gfr": "mL/min", "hct": "L/L", "albumin": "g/L",
-}
-
-#: Tissue densities, kg/L (Brown et al. 1997, Table 20; ICRP 89, lungs as parenchyma without air).
-DENSITY = {"liver": 1.05, "kidney": 1.05, "brain": 1.04, "heart": 1.03, "lung": 1.05, "muscle": 1.04,
-           "adipose": 0.916, "skin": 1.09}
 
 #: ICRP Publication 89 reference adults (Valentin 2002): body, organ masses (kg), cardiac output (L/min)
 #: and blood-flow fractions of cardiac output (Table 2.40). Index 0 = male, 1 = female.
@@ -93,16 +82,6 @@ AGE_RANGE = (18.0, 85.0)
 _REF_AGE = 30.0
 _BMI_LOG_SD = 0.16
 _DIRICHLET_CONCENTRATION = 400.0
-
-
-def index(name: str) -> int:
-    """Column of variable `name` in a covariate matrix."""
-    return VARIABLES.index(name)
-
-
-def du_bois_bsa(weight, height, xp=np):
-    """Body surface area, m² (Du Bois & Du Bois 1916): ``0.007184 W^0.425 H^0.725``, W kg, H cm."""
-    return 0.007184 * weight**0.425 * height**0.725
 
 
 def ckd_epi_2021(scr, age, female, xp=np):
@@ -184,8 +163,6 @@ def generate(n: int, seed: int = 0, *, return_rejected: bool = False):
     constraint of [`pkpd_jax.virtual_patients.constraints`][] (see there), so the result satisfies all of
     them. With `return_rejected`, also returns the fraction of draws that were redrawn.
     """
-    from .constraints import violations_numpy
-
     if n < 0:
         raise ValueError(f"`n` must be >= 0; got {n}.")
     rng = np.random.default_rng(seed)
