@@ -258,15 +258,15 @@ def fit(
 
 def _low_rank_can_engage(warmup: int, chains: int, dim: int) -> bool:
     """Whether some slow warm-up window pools the ``2 * dim`` draws the low-rank estimator needs
-    (see ``samplers._low_rank_estimate``); otherwise the low-rank mode would only re-estimate the
+    (see ``metrics.low_rank_estimate``); otherwise the low-rank mode would only re-estimate the
     diagonal, at the cost of extra compilations, and the Welford diagonal is used instead."""
     if warmup <= 0:
         return False
     from blackjax.adaptation.window_adaptation import build_schedule
 
-    from .samplers import _longest_slow_window
+    from .adaptation import longest_slow_window
 
-    return _longest_slow_window(np.asarray(build_schedule(warmup))) * chains >= 2 * dim
+    return longest_slow_window(np.asarray(build_schedule(warmup))) * chains >= 2 * dim
 
 
 def _parametrization_meta(pm: PopulationModel):
