@@ -112,13 +112,6 @@ def fit(
     from .._x64 import enable_x64
 
     enable_x64()
-    if plots is True:
-        raise TypeError(
-            "fit: plots=True no longer picks a plotter; pass the function, e.g. "
-            "plots=pkpd_jax.report.fit_plots.fit_plots, or None for no plots."
-        )
-    if plots is not None and plots is not False and not callable(plots):
-        raise TypeError(f"fit: plots must be a function (fit_result, out) or None, got {plots!r}")
     if metric not in ("diag", "low_rank"):
         raise ValueError(f"metric must be 'diag' or 'low_rank', got {metric!r}")
     if chains < 1 or warmup < 0 or samples < 1 or thin < 1:
@@ -137,6 +130,14 @@ def fit(
     first = "centered" if parametrization == "auto" else (
         parametrization if isinstance(parametrization, str) else list(parametrization))
     pm = PopulationModel(model, dataset, covariates, priors, parametrization=first)
+    # (after the data checks, so that a data problem is reported first; still before compiling)
+    if plots is True:
+        raise TypeError(
+            "fit: plots=True no longer picks a plotter; pass the function, e.g. "
+            "plots=pkpd_jax.report.fit_plots.fit_plots, or None for no plots."
+        )
+    if plots is not None and plots is not False and not callable(plots):
+        raise TypeError(f"fit: plots must be a function (fit_result, out) or None, got {plots!r}")
     log(f"model {model.name}: {pm.n_subjects} subjects, {pm.dim} unknowns, covariates "
         f"{[e.name for e in pm.effects] or 'none'}")
 
