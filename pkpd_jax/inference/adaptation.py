@@ -89,12 +89,16 @@ __all__ = ["QHMCParams", "WarmupState", "SAMPLING_STAGE", "num_steps", "broadcas
 
 
 class QHMCParams(NamedTuple):
+    """The sampling parameters the warm-up ends with, one row per chain."""
+
     step_size: jax.Array
     inverse_mass: jax.Array
     trajectory_length: jax.Array
 
 
 class WarmupState(NamedTuple):
+    """The carry of the QHMC warm-up (and of its sampling iterations) between jitted calls."""
+
     states: qhmc.QHMCState  # (C, ...) one per chain
     da: Any  # shared dual-averaging state
     mm: Any  # pooled diagonal Welford state
@@ -126,6 +130,7 @@ def num_steps(key, opts: QHMCOptions, trajectory_length, step_size, warmup=False
 
 
 def broadcast_params(num_chains, d, step_size, inverse_mass, trajectory_length) -> QHMCParams:
+    """The shared step size, mass centre and path length as one row per chain."""
     del d
     return QHMCParams(
         jnp.broadcast_to(step_size, (num_chains,)),
@@ -311,6 +316,8 @@ def warmup_chunk(logdensity_fn, opts: QHMCOptions, carry: WarmupState, keys, sta
 
 
 def final(carry: WarmupState, opts: QHMCOptions, num_warmup: int):
+    """End of the warm-up: the chain states and the sampling parameters (the averaged step size;
+    ``initial_step_size`` without warm-up)."""
     num_chains, d = carry.states.position.shape
     dtype = carry.states.position.dtype
     if num_warmup == 0:

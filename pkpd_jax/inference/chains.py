@@ -104,4 +104,5 @@ def carry_shardings(shards: int):
 
 @partial(jax.jit, static_argnames=("logdensity_fn",))
 def initial_logdensity(logdensity_fn, positions):
+    """The log density at each chain's starting point (compiled)."""
     return jax.vmap(logdensity_fn)(positions)

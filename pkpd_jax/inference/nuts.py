@@ -20,11 +20,14 @@ __all__ = ["NUTSParams", "transition", "warmup_one", "warmup", "warmup_jit", "sa
 
 
 class NUTSParams(NamedTuple):
+    """Per-chain step size and diagonal inverse mass from the window adaptation."""
+
     step_size: jax.Array
     inverse_mass: jax.Array
 
 
 def transition(logdensity_fn, opts: NUTSOptions, key, shared_key, state, params: NUTSParams):
+    """One NUTS transition of one chain: the new state and (acceptance, divergent, energy, steps)."""
     del shared_key
     kernel = blackjax.nuts.build_kernel(opts.integrator, opts.divergence_threshold)
     state, info = kernel(
@@ -39,6 +42,7 @@ def transition(logdensity_fn, opts: NUTSOptions, key, shared_key, state, params:
 
 
 def warmup_one(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, position):
+    """blackjax's window adaptation of one chain (no adaptation when ``num_warmup == 0``)."""
     dtype = position.dtype
     if num_warmup == 0:
         state = blackjax.nuts.init(position, logdensity_fn)
@@ -60,6 +64,7 @@ def warmup_one(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, position)
 
 
 def warmup(logdensity_fn, opts: NUTSOptions, num_warmup: int, key, positions):
+    """`warmup_one` over the chains (`chain_map`), one key per chain."""
     keys = jax.random.split(key, positions.shape[0])
     one = partial(warmup_one, logdensity_fn, opts, num_warmup)
     return chain_map(logdensity_fn, one, (0, 0))(keys, positions)
