@@ -50,10 +50,11 @@ def run_one(sampler: str, out: Path, settings: dict) -> None:
     """One fit in this process (called by the subprocesses)."""
     from pkpd_jax.data.example import example_paths
     from pkpd_jax.inference.fit import fit
+    from pkpd_jax.report.fit_plots import fit_plots
 
     fit(example_paths()[0], pk="pk_2c_iv_infusion", pd="pd_indirect_inhib_kin", sampler=sampler,
         chains=settings["chains"], warmup=settings["warmup"], samples=settings["samples"],
-        seed=settings["seed"], out=out / f"fit_{sampler}", progress=False, plots=True)
+        seed=settings["seed"], out=out / f"fit_{sampler}", progress=False, plots=fit_plots)
 
 
 def compare(out: Path, settings: dict) -> dict:

@@ -21,6 +21,7 @@ from pkpd_jax.data import read_nonmem, write_nonmem
 from pkpd_jax.data.example import example_paths
 from pkpd_jax.inference.fit import fit, load_fit
 from pkpd_jax.models import UnknownModelError
+from pkpd_jax.report.fit_plots import FIT_PLOTS, fit_plots
 
 
 PK = "pk_2c_iv_infusion"
@@ -40,7 +41,7 @@ def small_study(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fitted(small_study, tmp_path_factory):
     out = tmp_path_factory.mktemp("fit")
-    fr = fit(small_study, pk=PK, out=out, plots=True, log=lambda *a: None, **SETTINGS)
+    fr = fit(small_study, pk=PK, out=out, plots=fit_plots, log=lambda *a: None, **SETTINGS)
     return fr, out
 
 
@@ -232,3 +233,37 @@ def test_fit_caps_warm_up_trajectories(fitted):
 
     fr, _ = fitted
     assert 1 <= np.max(fr.result.warmup_steps) <= fit_module.WARMUP_MAX_STEPS
+
+
+def test_fit_directory_round_trip(fitted, tmp_path):
+    """`save_fit` then `load_fit` (the fit directory format, no plotting) gives back the same
+    population model settings and exactly the same draws; `fit_plots` adds exactly FIT_PLOTS."""
+    from pkpd_jax.inference.fitdir import FIT_FILES, load_fit as load_dir, save_fit
+
+    fr, out = fitted
+    pm = fr.population
+    meta = json.loads((out / "fit.json").read_text())
+    save_fit(fr, tmp_path, meta={k: v for k, v in meta.items() if k != "data"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FIT_FILES)  # no plots
+    loaded, positions, summary = load_dir(tmp_path)
+    np.testing.assert_array_equal(positions, np.asarray(fr.result.draws))
+    assert loaded.model.name == pm.model.name
+    assert [e.name for e in loaded.effects] == [e.name for e in pm.effects]
+    assert loaded.parametrization == pm.parametrization
+    assert loaded.centered_params == pm.centered_params
+    assert list(loaded.names) == list(pm.names) and loaded.dim == pm.dim
+    assert list(loaded.dataset.ids) == list(pm.dataset.ids)
+    assert loaded.prior_table() == pm.prior_table()
+    assert summary == json.loads((out / "summary.json").read_text())
+    assert summary["params"].keys() == set(pm.names)
+    x = positions[-1, -1]
+    assert float(loaded.logdensity(x)) == pytest.approx(float(pm.logdensity(x)), rel=1e-12)
+    assert set(FIT_PLOTS) <= {p.name for p in out.iterdir()}
+
+
+def test_fit_takes_the_plotter_from_the_caller(small_study):
+    """The inference layer does not pick a plotter: `plots=True` says what to pass instead."""
+    with pytest.raises(TypeError, match="plots=pkpd_jax.report.fit_plots.fit_plots"):
+        fit(small_study, pk=PK, plots=True)
+    with pytest.raises(TypeError, match="plots must be a function"):
+        fit(small_study, pk=PK, plots="yes")

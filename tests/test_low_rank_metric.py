@@ -23,7 +23,14 @@ import pytest  # noqa: E402
 from blackjax.adaptation.window_adaptation import build_schedule  # noqa: E402
 from blackjax.mcmc.metrics import LowRankInverseMassMatrix  # noqa: E402
 
-from pkpd_jax.inference import ess, qhmc, sample, samplers  # noqa: E402
+from pkpd_jax.inference import (  # noqa: E402
+    adaptation,
+    ess,
+    metrics as mass_metrics,  # noqa: E402
+    qhmc,
+    sample,
+    samplers,
+)
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,13 +48,13 @@ def _random_low_rank(d=7, k=3, seed=0):
 def test_metric_algebra_matches_the_dense_matrix():
     metric, dense = _random_low_rank()
     v = np.random.default_rng(1).standard_normal((5, 7))
-    np.testing.assert_allclose(samplers._inv_mass_times(metric, jnp.asarray(v)), v @ dense, rtol=1e-12)
+    np.testing.assert_allclose(mass_metrics.inverse_mass_times(metric, jnp.asarray(v)), v @ dense, rtol=1e-12)
     np.testing.assert_allclose(
-        samplers._mass_times(metric, jnp.asarray(v)), v @ np.linalg.inv(dense), rtol=1e-10
+        mass_metrics.mass_times(metric, jnp.asarray(v)), v @ np.linalg.inv(dense), rtol=1e-10
     )
-    np.testing.assert_allclose(samplers._metric_diagonal(metric), np.diag(dense), rtol=1e-12)
+    np.testing.assert_allclose(mass_metrics.metric_diagonal(metric), np.diag(dense), rtol=1e-12)
     diag = jnp.asarray(np.diag(dense))  # the diagonal case is plain elementwise arithmetic
-    np.testing.assert_allclose(samplers._inv_mass_times(diag, jnp.asarray(v)), v * np.diag(dense))
+    np.testing.assert_allclose(mass_metrics.inverse_mass_times(diag, jnp.asarray(v)), v * np.diag(dense))
 
 
 def test_low_rank_mass_draw_scales_the_diagonal_part():
@@ -140,8 +147,8 @@ def test_qhmc_kernel_with_low_rank_centre_leaves_target_invariant(whitened):
 def test_longest_slow_window():
     schedule = np.asarray(build_schedule(1000))
     ends = np.flatnonzero(schedule[:, 1])
-    assert samplers._longest_slow_window(schedule) == int(np.max(np.diff(ends))) == 500
-    assert samplers._longest_slow_window(np.zeros((0, 2), int)) == 0
+    assert adaptation.longest_slow_window(schedule) == int(np.max(np.diff(ends))) == 500
+    assert adaptation.longest_slow_window(np.zeros((0, 2), int)) == 0
 
 
 # A 40-D Gaussian whose correlation is three strong common factors plus 10% idiosyncratic
@@ -246,7 +253,7 @@ def test_low_rank_estimate_needs_twice_the_dimension_in_draws():
     prec = np.linalg.inv(cov)
     for n in (30, 2 * d - 1, 2 * d, 2000):
         x = rng.multivariate_normal(np.zeros(d), cov, size=n)
-        m = samplers._low_rank_estimate(opts, jnp.asarray(x), jnp.asarray(-x @ prec))
+        m = mass_metrics.low_rank_estimate(opts, jnp.asarray(x), jnp.asarray(-x @ prec))
         assert np.all(np.isfinite(m.sigma)) and np.all(np.isfinite(m.U)) and np.all(np.isfinite(m.lam))
         if n < 2 * d:
             np.testing.assert_array_equal(np.asarray(m.lam), 1.0)

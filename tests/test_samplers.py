@@ -23,15 +23,20 @@ from blackjax.adaptation.window_adaptation import build_schedule  # noqa: E402
 
 from pkpd_jax.inference import (  # noqa: E402
     MCMCResult,
+    adaptation,
+    chains,
     check,
     ess,
     mcse_mean,
+    nuts,
     qhmc,
     rhat,
     sample,
     samplers,
+    step_size,
     summarize,
 )
+from pkpd_jax.inference.metrics import inverse_mass_times  # noqa: E402
 from pkpd_jax.inference.samplers import laplace_inverse_mass  # noqa: E402
 
 
@@ -213,16 +218,16 @@ def test_thinning_keeps_every_thin_th_iteration(sampler, capsys):
 
 def test_keyboard_interrupt_returns_draws_so_far(monkeypatch):
     reference = _run("gaussian", "qhmc", 0)  # (cached) the uninterrupted run, before the patch
-    real = samplers._qhmc_chunk_jit
+    real = adaptation.chunk_jit
     calls = []
 
     def interrupted_on_third_sampling_chunk(fn, opts, carry, keys, stage, valid):
-        calls.append(bool(np.all(np.asarray(stage) == samplers._SAMPLING_STAGE)))
+        calls.append(bool(np.all(np.asarray(stage) == adaptation.SAMPLING_STAGE)))
         if sum(calls) == 3:
             raise KeyboardInterrupt
         return real(fn, opts, carry, keys, stage, valid)
 
-    monkeypatch.setattr(samplers, "_qhmc_chunk_jit", interrupted_on_third_sampling_chunk)
+    monkeypatch.setattr(adaptation, "chunk_jit", interrupted_on_third_sampling_chunk)
     r = sample(gaussian_logdensity, X0, sampler="qhmc", seed=0, chunk=100, **RUN)
     assert r.interrupted and r.draws.shape == (4, 200, 4) and r.energy.shape == (4, 200)
     np.testing.assert_array_equal(r.draws, reference.draws[:, :200])
@@ -231,7 +236,7 @@ def test_keyboard_interrupt_returns_draws_so_far(monkeypatch):
     def interrupted_warmup(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(samplers, "_warmup", interrupted_warmup)
+    monkeypatch.setattr(nuts, "warmup_jit", interrupted_warmup)
     r = sample(gaussian_logdensity, X0, sampler="nuts", **RUN)
     assert r.interrupted and r.draws.shape == (4, 0, 4) and np.all(np.isnan(r.step_size))
 
@@ -364,20 +369,20 @@ def test_qhmc_sampling_reuses_the_warmup_program_and_ignores_the_chunk():
     never called), and the draws do not depend on the iterations per call (iteration i uses the
     i-th key of the sampling key's split)."""
     run = dict(sampler="qhmc", seed=4, num_warmup=200, num_samples=150, progress=False)
-    real = samplers._run_chunk
+    real = nuts.sample_chunk
 
     def not_for_qhmc(*args, **kwargs):
         raise AssertionError("QHMC must not compile a sampling program of its own")
 
-    samplers._run_chunk = not_for_qhmc
+    nuts.sample_chunk = not_for_qhmc
     try:
-        before = samplers._qhmc_chunk_jit._cache_size()
+        before = adaptation.chunk_jit._cache_size()
         a = sample(gaussian_logdensity, X0, chunk=150, **run)
-        assert samplers._qhmc_chunk_jit._cache_size() == before + 1  # warm-up and sampling
+        assert adaptation.chunk_jit._cache_size() == before + 1  # warm-up and sampling
         b = sample(gaussian_logdensity, X0, chunk=100, **run)
         c = sample(gaussian_logdensity, X0, chunk=40, **run)
     finally:
-        samplers._run_chunk = real
+        nuts.sample_chunk = real
     for r in (b, c):
         assert r.draws.shape == (4, 150, 4)
         np.testing.assert_array_equal(r.draws, a.draws)
@@ -397,11 +402,11 @@ def test_host_step_size_search_is_scale_free_and_agrees_with_the_compiled_one():
     for s in (1.0, 7.0):
         ld = lambda x, s=s: -0.5 * jnp.sum((x / s) ** 2)  # noqa: E731
         vg = jax.jit(jax.value_and_grad(ld))
-        states = samplers._host_states(vg, jnp.asarray(s * x0))
-        found.append(samplers._host_step_size(vg, opts, key, states, np.full(d, s**2)))
+        states = step_size.host_states(vg, jnp.asarray(s * x0))
+        found.append(step_size.host_step_size(vg, opts, key, states, np.full(d, s**2)))
     assert found[0] == found[1]
-    compiled = samplers._reasonable_step_size(
-        samplers._StaticFn(lambda x: -0.5 * jnp.sum(x**2)), opts, key, jnp.asarray(x0), jnp.ones(d))
+    compiled = step_size.reasonable_step_size(
+        chains.StaticFn(lambda x: -0.5 * jnp.sum(x**2)), opts, key, jnp.asarray(x0), jnp.ones(d))
     assert 0.5 <= found[0] / compiled <= 2.0
     assert 0.1 < found[0] < 2.0  # ~d^(-1/4) for a standard Gaussian in 50 dimensions
 
@@ -435,7 +440,7 @@ def test_laplace_inverse_mass_is_the_covariance_of_a_gaussian_and_safe_at_a_sadd
     """From the exact precision of a Gaussian (full rank, no cutoff) the metric is its
     covariance; with the default rank/cutoff the dominant correlated direction is kept; a
     Hessian with a negative eigenvalue still gives a finite positive-definite metric."""
-    inv_m = lambda m, d: np.asarray(samplers._inv_mass_times(m, np.eye(d)))  # noqa: E731
+    inv_m = lambda m, d: np.asarray(inverse_mass_times(m, np.eye(d)))  # noqa: E731
     m = laplace_inverse_mass(np.linalg.inv(COV), 64, cutoff=1.0)
     assert m.U.shape == (4, 4) and m.lam.shape == (4,)
     np.testing.assert_allclose(inv_m(m, 4), COV, rtol=1e-10, atol=1e-12)
@@ -475,13 +480,13 @@ def test_a_laplace_start_whitens_the_step_size_search_and_the_short_warm_up():
     opts = samplers.QHMCOptions(metric="low_rank")
     key = jax.random.key(4)
     laplace = laplace_inverse_mass(np.linalg.inv(cov), 64)
-    states = samplers._host_states(vg, jnp.asarray(x0))
-    eps_lap = samplers._host_step_size(vg, opts, key, states, laplace)
-    eps_diag = samplers._host_step_size(vg, opts, key, states, np.diag(cov))
+    states = step_size.host_states(vg, jnp.asarray(x0))
+    eps_lap = step_size.host_step_size(vg, opts, key, states, laplace)
+    eps_diag = step_size.host_step_size(vg, opts, key, states, np.diag(cov))
     std = lambda x: -0.5 * jnp.sum(x**2)  # noqa: E731
-    eps_std = samplers._host_step_size(
+    eps_std = step_size.host_step_size(
         jax.jit(jax.value_and_grad(std)), opts, key,
-        samplers._host_states(jax.jit(jax.value_and_grad(std)), jnp.asarray(
+        step_size.host_states(jax.jit(jax.value_and_grad(std)), jnp.asarray(
             np.random.default_rng(2).standard_normal((2, d)))), np.ones(d))
     assert 0.5 <= eps_lap / eps_std <= 2.0 and eps_diag < 0.3 * eps_lap, (eps_lap, eps_diag, eps_std)
     run = dict(num_warmup=150, num_samples=400, progress=False, seed=3, metric="low_rank", max_rank=64,

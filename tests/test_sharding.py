@@ -180,13 +180,14 @@ import numpy as np
 from pkpd_jax.data import Dataset, read_nonmem
 from pkpd_jax.data.example import example_paths
 from pkpd_jax.inference.population import PopulationModel
-from pkpd_jax.inference.samplers import _StaticFn, _chain_map, sample
+from pkpd_jax.inference.chains import StaticFn, chain_map
+from pkpd_jax.inference.samplers import sample
 from pkpd_jax.models import get_model
 
 assert jax.device_count() == 2, jax.devices()
 
 # The chain map really lays the chains out over both devices.
-out = jax.jit(lambda x: _chain_map(_StaticFn(None, 2), lambda a, s: a * s, (0, None))(x, 2.0))(
+out = jax.jit(lambda x: chain_map(StaticFn(None, 2), lambda a, s: a * s, (0, None))(x, 2.0))(
     jnp.arange(8.0).reshape(4, 2))
 layout = len(out.sharding.device_set)
 
@@ -258,7 +259,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pkpd_jax.inference import samplers
+from pkpd_jax.inference import adaptation, samplers
 
 assert jax.device_count() == 2, jax.devices()
 scale = jnp.array([1.0, 3.0, 0.3, 2.0, 1.0, 0.5])
@@ -271,10 +272,10 @@ def logdensity(x):
 x0 = 0.1 * jax.random.normal(jax.random.key(0), (4, 6))
 sizes = {}
 for metric in ("diag", "low_rank"):
-    before = samplers._qhmc_chunk_jit._cache_size()
+    before = adaptation.chunk_jit._cache_size()
     r = samplers.sample(logdensity, x0, num_warmup=150, num_samples=40, seed=1, progress=False,
                         chain_devices=2, metric=metric, max_rank=3, chunk=20)
-    sizes[metric] = samplers._qhmc_chunk_jit._cache_size() - before
+    sizes[metric] = adaptation.chunk_jit._cache_size() - before
     assert np.all(np.isfinite(r.draws))
 print(json.dumps(sizes))
 """

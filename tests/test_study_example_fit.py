@@ -25,6 +25,7 @@ import pytest
 from pkpd_jax.data.example import example_paths
 from pkpd_jax.inference.diagnostics import mcse_mean
 from pkpd_jax.inference.fit import fit
+from pkpd_jax.report.fit_plots import fit_plots
 
 
 pytestmark = pytest.mark.slow
@@ -53,7 +54,7 @@ def fits(tmp_path_factory):
             samples=SAMPLES,
             seed=2026,
             out=tmp_path_factory.mktemp(f"fit_{sampler}"),
-            plots=True,
+            plots=fit_plots,
         )
         for sampler in ("qhmc", "nuts")
     }

@@ -1,116 +1,43 @@
 """Fit a population model to a study and save everything later stages need.
 
 `fit` = validate the data -> build the [`PopulationModel`][] -> starting points (short MAP) ->
-sample (`qhmc` or `nuts`, chains in parallel) -> diagnostics -> write the fit directory:
+sample (`qhmc` or `nuts`, chains in parallel) -> diagnostics -> write the fit directory
+(`pkpd_jax.inference.fitdir`: ``summary.json``, ``draws.parquet``, ``positions.npy``,
+``fit.json``, ``data.csv``) -> the caller's plots, if any (``pkpd-jax fit`` passes
+`pkpd_jax.report.fit_plots.fit_plots`: ``trace.png``, ``pairs.png``, ``vpc.png``,
+``individual_fits.png``).
 
-- ``summary.json``: ``{"params": {name: {mean, sd, q2.5, q97.5, rhat, ess_bulk, prior_sd_ratio}},
-  "sampler", "divergences", "wall_s", "warnings", "model", "covariates", ...}`` with population
-  parameters named as in the model registry plus ``BW_CL``, ``BW_V``, ``COMED_CL``, ``omega_*``,
-  ``sigma_*``; ``prior_sd_ratio`` is the posterior SD over the prior SD on the unconstrained
-  scale (``diagnostics.prior_sd_ratio``): near 1 the data did not inform the parameter, and
-  above 0.5 ``warnings`` says so;
-- ``draws.parquet``: one row per draw (columns ``chain``, ``draw``, every population parameter,
-  and every individual parameter as ``<param>[<ID>]``);
-- ``positions.npy``: the unconstrained positions ``(chains, draws, dim)`` (exact reload);
-- ``fit.json``: how to rebuild the population model (model names, covariate spec, priors, data);
-- ``data.csv``: the validated data set the fit used;
-- plots: ``trace.png``, ``pairs.png``, ``vpc.png``, ``individual_fits.png``.
-
-`load_fit(DIR)` rebuilds the population model and the draws from such a directory.
+`load_fit(DIR)` (from `pkpd_jax.inference.fitdir`, re-exported here) rebuilds the population
+model and the draws from such a directory.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 import polars as pl
+from blackjax.adaptation.window_adaptation import build_schedule
 
-from ..data import Dataset, read_nonmem, write_nonmem
+from ..data import Dataset, read_nonmem
 from ..models import get_model
-from .diagnostics import check, divergences, prior_sd_ratio, summarize
+from .adaptation import longest_slow_window
+from .diagnostics import check, prior_sd_ratio, summarize
+from .fitdir import (
+    FitResult as FitResult,
+    load_fit as load_fit,
+    parametrization_meta,
+    save_fit as save_fit,
+    summary_json as _summary_json,  # noqa: F401  (its old private name here, for old callers)
+)
 from .population import PopulationModel
-from .samplers import MCMCResult, sample
+from .samplers import sample
 
 
-__all__ = ["FitResult", "fit", "load_fit", "KEY_PARAMS"]
-
-
-@dataclass
-class FitResult:
-    population: PopulationModel
-    result: MCMCResult
-    summary: pl.DataFrame
-    warnings: list[str]
-    out: Path | None
-
-    def population_draws(self) -> dict[str, np.ndarray]:
-        """Natural-unit population values, each ``(chains, draws)``."""
-        vals = self.population.unflatten(self.result.draws)
-        return {k: np.asarray(v) for k, v in vals.items()}
-
-    def individual_draws(self) -> np.ndarray:
-        """Individual parameters ``(chains, draws, subjects, params)``."""
-        return np.asarray(self.population.individual_parameters(self.result.draws))
-
-
-def _summary_json(fr: FitResult, extra: dict) -> dict:
-    params = {
-        row["name"]: {
-            "mean": row["mean"],
-            "sd": row["sd"],
-            "q2.5": row["q2.5"],
-            "q50": row["q50"],
-            "q97.5": row["q97.5"],
-            "rhat": row["rhat"],
-            "ess_bulk": row["ess_bulk"],
-            "ess_tail": row["ess_tail"],
-            "prior_sd_ratio": row.get("prior_sd_ratio"),
-        }
-        for row in fr.summary.iter_rows(named=True)
-    }
-    r = fr.result
-    return {
-        "params": params,
-        "sampler": r.sampler,
-        "chains": r.num_chains,
-        "draws_per_chain": r.num_draws,
-        "warmup": r.num_warmup,
-        "thin": r.thin,
-        "seed": r.seed,
-        "divergences": divergences(r),
-        "mean_acceptance": float(np.mean(r.acceptance)) if r.acceptance.size else float("nan"),
-        # gradients spent: leapfrog steps per kept draw (sampling), and in all of the warm-up
-        "leapfrog_steps_per_draw": float(np.mean(r.num_integration_steps)) if r.num_integration_steps.size
-        else float("nan"),
-        "warmup_leapfrog_steps": None if r.warmup_steps is None else int(np.sum(r.warmup_steps)),
-        "step_size": np.asarray(r.step_size).tolist(),
-        "wall_s": r.wall_s,
-        "warmup_s": r.warmup_s,
-        "interrupted": r.interrupted,
-        "warnings": fr.warnings,
-        **extra,
-    }
-
-
-def _draws_frame(fr: FitResult) -> pl.DataFrame:
-    r = fr.result
-    chains, n = r.num_chains, r.num_draws
-    cols: dict[str, np.ndarray] = {
-        "chain": np.repeat(np.arange(chains), n),
-        "draw": np.tile(np.arange(n), chains),
-    }
-    for k, v in fr.population_draws().items():
-        cols[k] = v.reshape(-1)
-    ind = fr.individual_draws().reshape(chains * n, fr.population.n_subjects, -1)
-    for s, sid in enumerate(fr.population.dataset.ids):
-        for p, name in enumerate(fr.population.param_names):
-            cols[f"{name}[{sid}]"] = ind[:, s, p]
-    return pl.DataFrame(cols)
+__all__ = ["FitResult", "fit", "load_fit", "save_fit", "WARMUP_MAX_STEPS", "AUTO_CENTERED_MIN_WEIGHT"]
 
 
 #: Leapfrog steps per QHMC warm-up iteration at most (`fit` only; `sample`'s own default is 100).
@@ -139,7 +66,7 @@ def fit(
     out: str | Path | None = None,
     priors: dict | None = None,
     progress: bool = True,
-    plots: bool = True,
+    plots: Callable[[FitResult, Path], object] | bool | None = None,
     map_steps: int = 300,
     parametrization: str | list[str] = "auto",
     chain_devices: int | None = None,
@@ -174,6 +101,11 @@ def fit(
     warm-up needs positions in the typical set and acceptance statistics, not long
     trajectories; the sampling phase is not capped).
 
+    `plots`: a function called as ``plots(fit_result, out)`` once the fit directory `out` is
+    written, e.g. [`pkpd_jax.report.fit_plots.fit_plots`][] (what ``pkpd-jax fit`` passes);
+    ``None`` or ``False``: no plots. (The inference layer does not import the report layer, so
+    the plotter is the caller's choice.)
+
     Every input problem (bad rows, missing covariate columns, a PD model without PD
     observations, no doses) raises a `ValueError` before anything is compiled.
     """
@@ -198,6 +130,14 @@ def fit(
     first = "centered" if parametrization == "auto" else (
         parametrization if isinstance(parametrization, str) else list(parametrization))
     pm = PopulationModel(model, dataset, covariates, priors, parametrization=first)
+    # (after the data checks, so that a data problem is reported first; still before compiling)
+    if plots is True:
+        raise TypeError(
+            "fit: plots=True no longer picks a plotter; pass the function, e.g. "
+            "plots=pkpd_jax.report.fit_plots.fit_plots, or None for no plots."
+        )
+    if plots is not None and plots is not False and not callable(plots):
+        raise TypeError(f"fit: plots must be a function (fit_result, out) or None, got {plots!r}")
     log(f"model {model.name}: {pm.n_subjects} subjects, {pm.dim} unknowns, covariates "
         f"{[e.name for e in pm.effects] or 'none'}")
 
@@ -249,71 +189,19 @@ def fit(
     warns = check(result, table)
     fr = FitResult(pm, result, table, warns, None if out is None else Path(out))
     if out is not None:
-        save_fit(fr, out, data_frame=None if isinstance(frame, Dataset) else frame, plots=plots,
+        save_fit(fr, out, data_frame=None if isinstance(frame, Dataset) else frame,
                  meta={"pk": pk, "pd": pd, "covariates": covariates, "priors": priors,
                        "metric": metric if sampler == "qhmc" else None,
-                       "parametrization": _parametrization_meta(pm)})
+                       "parametrization": parametrization_meta(pm)})
+        if plots:
+            plots(fr, Path(out))
     return fr
 
 
 def _low_rank_can_engage(warmup: int, chains: int, dim: int) -> bool:
     """Whether some slow warm-up window pools the ``2 * dim`` draws the low-rank estimator needs
-    (see ``samplers._low_rank_estimate``); otherwise the low-rank mode would only re-estimate the
+    (see ``metrics.low_rank_estimate``); otherwise the low-rank mode would only re-estimate the
     diagonal, at the cost of extra compilations, and the Welford diagonal is used instead."""
     if warmup <= 0:
         return False
-    from blackjax.adaptation.window_adaptation import build_schedule
-
-    from .samplers import _longest_slow_window
-
-    return _longest_slow_window(np.asarray(build_schedule(warmup))) * chains >= 2 * dim
-
-
-def _parametrization_meta(pm: PopulationModel):
-    """What `load_fit` passes back: the word, or the centred random effects when mixed."""
-    return list(pm.centered_params) if pm.parametrization == "mixed" else pm.parametrization
-
-
-def save_fit(fr: FitResult, out, *, data_frame=None, plots: bool = True, meta: dict) -> None:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    pm = fr.population
-    extra = {
-        "model": pm.model.name,
-        "covariates": [e.name for e in pm.effects],
-        "n_subjects": pm.n_subjects,
-    }
-    (out / "summary.json").write_text(json.dumps(_summary_json(fr, extra), indent=2) + "\n")
-    _draws_frame(fr).write_parquet(out / "draws.parquet")
-    np.save(out / "positions.npy", np.asarray(fr.result.draws))
-    frame = data_frame if data_frame is not None else pm.dataset.to_frame()
-    write_nonmem(frame, out / "data.csv")
-    (out / "fit.json").write_text(json.dumps({**meta, "data": "data.csv"}, indent=2) + "\n")
-    if plots:
-        from ..report.fit_plots import fit_plots
-
-        fit_plots(fr, out)
-
-
-def load_fit(path) -> tuple[PopulationModel, np.ndarray, dict]:
-    """``(population model, positions (chains, draws, dim), summary dict)`` from a fit directory."""
-    from .._x64 import enable_x64
-
-    enable_x64()
-    path = Path(path)
-    for name in ("fit.json", "positions.npy", "summary.json", "data.csv"):
-        if not (path / name).exists():
-            raise FileNotFoundError(
-                f"{path} is not a fit directory (missing {name}); create one with `pkpd-jax fit`."
-            )
-    meta = json.loads((path / "fit.json").read_text())
-    dataset = Dataset.load(path / meta["data"])
-    pm = PopulationModel(get_model(meta["pk"], meta["pd"]), dataset, meta["covariates"],
-                         meta.get("priors"), parametrization=meta.get("parametrization", "noncentered"))
-    positions = np.load(path / "positions.npy")
-    return pm, positions, json.loads((path / "summary.json").read_text())
-
-
-#: Parameters shown in the pair plot when present.
-KEY_PARAMS = ("CL", "V", "V1", "IC50", "EC50", "BW_CL", "COMED_CL", "omega_CL")
-
+    return longest_slow_window(np.asarray(build_schedule(warmup))) * chains >= 2 * dim

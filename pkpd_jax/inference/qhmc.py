@@ -54,7 +54,7 @@ the last bit.)
 
 ``num_integration_steps`` may be a traced integer (blackjax integrates with a
 ``lax.fori_loop``), so callers can jitter the path length per iteration; see
-:mod:`pkpd_jax.inference.samplers` for the warm-up (step size, mass centre, path length).
+:mod:`pkpd_jax.inference.adaptation` for the warm-up (step size, mass centre, path length).
 Because the kernel has the ``(rng_key, state, logdensity_fn, step_size,
 inverse_mass_matrix, **params)`` shape, this module can also be handed to
 ``blackjax.window_adaptation(qhmc, logdensity_fn, log_mass_sd=..., num_integration_steps=...)``.

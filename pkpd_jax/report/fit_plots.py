@@ -1,4 +1,9 @@
-"""Plots of a population fit: traces, pairs, visual predictive check, individual fits."""
+"""Plots of a population fit: traces, pairs, visual predictive check, individual fits.
+
+`fit_plots(fit_result, out)` writes `FIT_PLOTS` into a fit directory; pass it as
+``fit(..., plots=fit_plots)`` (what ``pkpd-jax fit`` and ``pkpd-jax run`` do). This module reads
+the fit (`pkpd_jax.inference`); the inference layer never imports it.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +13,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..inference.fitdir import FitResult
+from ..solve import SolverConfig, simulate_population
 
-__all__ = ["fit_plots", "trace_plot", "pair_plot", "vpc_plot", "individual_fits_plot", "vpc_bins"]
+
+__all__ = ["FIT_PLOTS", "KEY_PARAMS", "fit_plots", "trace_plot", "pair_plot", "vpc_plot",
+           "individual_fits_plot", "vpc_bins"]
+
+#: The files `fit_plots` writes.
+FIT_PLOTS = ("trace.png", "pairs.png", "vpc.png", "individual_fits.png")
+
+#: Parameters shown in the pair plot when present.
+KEY_PARAMS = ("CL", "V", "V1", "IC50", "EC50", "BW_CL", "COMED_CL", "omega_CL")
 
 
 def _plt():
@@ -129,8 +144,6 @@ def vpc_plot(pm, positions: np.ndarray, path: Path, *, seed: int = 0, n_rep: int
 def individual_fits_plot(pm, positions: np.ndarray, path: Path, max_subjects: int = 12) -> None:
     """Observed data and individual predictions (posterior-mean individual parameters) on a
     fine grid, for the first `max_subjects` subjects."""
-    from ..solve import SolverConfig, simulate_population
-
     plt = _plt()
     flat = np.asarray(positions).reshape(-1, positions.shape[-1])
     theta = np.exp(np.mean(np.log(np.asarray(pm.individual_parameters(jnp.asarray(flat)))), 0))
@@ -173,10 +186,14 @@ def individual_fits_plot(pm, positions: np.ndarray, path: Path, max_subjects: in
     plt.close(fig)
 
 
-def fit_plots(fr, out: Path) -> dict:
-    """All fit plots into `out`; returns the VPC coverage figures."""
-    from ..inference.fit import KEY_PARAMS
+def fit_plots(fr: FitResult, out: Path) -> dict:
+    """All fit plots (`FIT_PLOTS`) into the fit directory `out`.
 
+    **Arguments:** `fr`, the [`FitResult`][] of `pkpd_jax.inference.fit.fit`; `out`, the directory.
+
+    **Returns:** the VPC coverage figures (fraction of observed percentiles inside their
+    intervals, per observation type).
+    """
     out = Path(out)
     draws = fr.population_draws()
     trace_plot(draws, out / "trace.png")
