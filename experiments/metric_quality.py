@@ -40,12 +40,8 @@ def whitened_sqrt_condition(cov: np.ndarray, inverse_mass: np.ndarray) -> float:
 
 def main(argv=None) -> None:
     from pkpd_jax.inference.fit import load_fit
-    from pkpd_jax.inference.samplers import (
-        QHMCOptions,
-        _inv_mass_times,
-        _low_rank_estimate,
-        laplace_inverse_mass,
-    )
+    from pkpd_jax.inference.metrics import inverse_mass_times, laplace_inverse_mass, low_rank_estimate
+    from pkpd_jax.inference.options import QHMCOptions
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("fit_dir", type=Path)
@@ -57,11 +53,11 @@ def main(argv=None) -> None:
     cov = np.cov(draws.T)
     start = pm.starting_points(jax.random.key(args.seed), 4, map_steps=args.map_steps)
     h = np.diag(start.hessian)
-    dense = lambda m: np.asarray(_inv_mass_times(m, np.eye(pm.dim)))  # noqa: E731
+    dense = lambda m: np.asarray(inverse_mass_times(m, np.eye(pm.dim)))  # noqa: E731
     rng = np.random.default_rng(args.seed)
     idx = rng.choice(draws.shape[0], min(800, draws.shape[0]), replace=False)
     grads = np.stack([np.asarray(pm.value_and_grad(jnp.asarray(draws[i]))[1]) for i in idx])
-    fisher = _low_rank_estimate(QHMCOptions(metric="low_rank", max_rank=64), jnp.asarray(draws[idx]),
+    fisher = low_rank_estimate(QHMCOptions(metric="low_rank", max_rank=64), jnp.asarray(draws[idx]),
                                 jnp.asarray(grads))
     diag_start = np.diag(np.where(h > 0, 1 / np.where(h > 0, h, 1), 1e-2))
     candidates = {

@@ -304,6 +304,7 @@ def run_pipeline(
     enable_x64()
     from .data.example import example_paths
     from .inference.fit import fit as run_fit
+    from .report.fit_plots import fit_plots
     from .report.html import write_report
     from .report.overview import study_overview
     from .trials.dose_search import answer_questions, check_trial_inputs
@@ -351,6 +352,7 @@ def run_pipeline(
             metric=settings.metric,
             seed=settings.seed,
             out=fit_dir,
+            plots=fit_plots,
             log=lambda m: log(f"      {m}"),
         )
         if on_fit is not None:

@@ -226,6 +226,7 @@ def fit(
 ):
     """Fit a population (NLME-style) model with QHMC or NUTS; write summary.json, draws.parquet, plots."""
     from ..inference.fit import fit as run_fit
+    from ..report.fit_plots import fit_plots
 
     fr = run_fit(
         data,
@@ -240,7 +241,7 @@ def fit(
         thin=thin,
         seed=seed,
         out=out,
-        plots=plots,
+        plots=fit_plots if plots else None,
         parametrization=(parametrization if parametrization in ("auto", "centered", "noncentered")
                          else [p.strip() for p in parametrization.split(",") if p.strip()]),
         log=typer.echo,

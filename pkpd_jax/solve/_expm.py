@@ -6,6 +6,13 @@ import jax
 import jax.numpy as jnp
 
 
+#: Cap on the scaling-and-squaring steps of the matrix exponential. JAX's default (16) overflows
+#: for stiff systems (‖K‖ ~ 1e5 /h over a step of hours, e.g. whole-body PBPK with fast-equilibrating
+#: tissues) and returns NaN; 64 covers any norm a float64 can hold. The number of squarings is
+#: chosen from the norm, so where 16 sufficed the result is bit-identical.
+MAX_SQUARINGS = 64
+
+
 def use_expm(model, cfg) -> bool:
     """Whether `cfg.method` selects the exact engine for `model` (raises for a nonlinear model
     with ``method="expm"``)."""
@@ -30,7 +37,7 @@ def propagate_expm(model, theta, y0, grid, t_next, grid_kick, grid_rate):
     def step(y, k):
         dt = t_next[k] - grid[k]
         aug = jnp.zeros((n + 1, n + 1), y.dtype).at[:n, :n].set(K).at[:n, n].set(grid_rate[k])
-        E = jax.scipy.linalg.expm(aug * dt)
+        E = jax.scipy.linalg.expm(aug * dt, max_squarings=MAX_SQUARINGS)
         y_new = E[:n, :n] @ (y + grid_kick[k]) + E[:n, n]
         return y_new, y
 

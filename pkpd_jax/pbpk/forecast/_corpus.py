@@ -8,12 +8,13 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ..._x64 import x64
+from ...dosing import Regimen
 from ...models import get_model
+from ...solve import SolverConfig, simulate_population
 from ..model import (
     IV_CMT,
     ORAL_CMT,
@@ -226,29 +227,6 @@ class ForecastCorpus:
         return np.flatnonzero(self.split == _SPLITS.index(split))
 
 
-# jax's default of 16 squarings overflows for the stiffest subjects (|K| ~ 1e5 /h over a step of
-# hours); 64 covers any norm a float64 can hold, and costs nothing where fewer suffice.
-_MAX_SQUARINGS = 64
-
-
-@jax.jit
-def _venous_amounts(theta, y0, times):
-    """Venous-blood amount at `times` from the state `y0` at t = 0: exact propagation with
-    ``expm(K Δt)`` between consecutive times, ``K`` the model's linear generator."""
-    model = get_model("pbpk_whole_body")
-
-    def one(th, y, ts):
-        K = model.linear_generator(th)
-
-        def step(y, dt):
-            y = jax.scipy.linalg.expm(K * dt, max_squarings=_MAX_SQUARINGS) @ y
-            return y, y[_VENOUS]
-
-        return jax.lax.scan(step, y, jnp.diff(ts, prepend=jnp.zeros((), ts.dtype)))[1]
-
-    return jax.vmap(one)(theta, y0, times)
-
-
 def single_dose_curves(theta: np.ndarray, dose: np.ndarray, cmt: np.ndarray, times: np.ndarray,
                        names: tuple[str, ...]) -> np.ndarray:
     """Plasma concentrations (mg/L) after one bolus of `dose` mg into state `cmt` at t = 0.
@@ -257,9 +235,9 @@ def single_dose_curves(theta: np.ndarray, dose: np.ndarray, cmt: np.ndarray, tim
     `names`); `dose` ``[n]`` mg; `cmt` ``[n]`` the dosed state; `times` ``[n, T]`` h,
     non-decreasing and >= 0 in each row.
 
-    **Returns:** ``[n, T]`` concentrations: the exact solution of the linear model, propagated
-    with the matrix exponential of its generator ``K`` (`PKPDModel.linear_generator`, the matrix
-    the simulator's ``method="expm"`` path uses), in float64.
+    **Returns:** ``[n, T]`` concentrations: the exact solution of the linear model by the one
+    solve layer (`pkpd_jax.solve.simulate_population` with ``method="expm"``: matrix
+    exponentials of the model's generator `PKPDModel.linear_generator`), in float64.
     """
     theta = np.asarray(theta, np.float64)
     times = np.asarray(times, np.float64)
@@ -268,12 +246,18 @@ def single_dose_curves(theta: np.ndarray, dose: np.ndarray, cmt: np.ndarray, tim
         raise ValueError(f"`times` must have shape ({n}, T); got {times.shape}.")
     if times.size and (times.min() < 0 or (np.diff(times, axis=1) < 0).any()):
         raise ValueError("`times` must be >= 0 and non-decreasing along each row.")
+    model = get_model("pbpk_whole_body")
+    if tuple(names) != tuple(model.param_names):
+        raise ValueError(f"`names` must be the model's parameters {model.param_names}; got {names}.")
+    # The dose is the initial state at t = 0 (so a sample at t = 0 sees it, as a bolus given just
+    # before); the regimen is empty (one zero-amount padding dose).
     y0 = np.zeros((n, len(STATES)))
     y0[np.arange(n), np.asarray(cmt)] = np.asarray(dose, np.float64)
     with x64():
-        amount = np.asarray(_venous_amounts(jnp.asarray(theta), jnp.asarray(y0), jnp.asarray(times)))
-    col = {k: i for i, k in enumerate(names)}
-    return amount / (theta[:, col["V_venous"]] * theta[:, col["BP"]])[:, None]
+        empty = Regimen(jnp.zeros((n, 1)), jnp.zeros((n, 1)), jnp.zeros((n, 1)), jnp.full((n, 1), -1))
+        sol = simulate_population(model, jnp.asarray(theta), empty, jnp.asarray(times), y0=jnp.asarray(y0),
+                                  t0=0.0, config=SolverConfig(method="expm"))
+        return np.asarray(sol.conc)
 
 
 def build_corpus(
