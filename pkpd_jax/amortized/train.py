@@ -27,16 +27,15 @@ gives bit-for-bit the parameters of an uninterrupted run: the batch order depend
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -47,8 +46,16 @@ import optax
 
 from ..errors import PkpdError
 from ..nn import checkpoint
-from .batches import Batch
 from .encoder import ModelConfig, TransformerEncoder, apply_batch
+from .presets import PRESETS as PRESETS, Preset as Preset, get_preset as get_preset
+from .sources import (
+    ArrayBatches as ArrayBatches,
+    BatchSource as BatchSource,
+    CorpusBatches as CorpusBatches,
+    _arrays,
+    _check_batch,
+    _info_dict,
+)
 
 
 __all__ = [
@@ -75,201 +82,6 @@ CHECKPOINT_FILE = "checkpoint.eqx"
 BEST_FILE = "best.eqx"
 METRICS_FILE = "metrics.jsonl"
 _FORMAT = "pkpd_jax.amortized.checkpoint/1"
-
-
-# --------------------------------------------------------------------------------------- presets
-@dataclass(frozen=True)
-class Preset:
-    """Network size and optimisation hyper-parameters.
-
-    `lam` is the weight λ of the masked parameter MSE in the loss; `batch_size` is the default
-    batch size of the `train` command.
-    """
-
-    name: str
-    d_model: int
-    n_heads: int
-    n_layers: int
-    d_ff: int
-    dropout: float
-    lr: float
-    weight_decay: float
-    lam: float
-    batch_size: int = 256
-    warmup_frac: float = 0.05
-    end_lr_frac: float = 0.01
-    clip_norm: float = 1.0
-
-    def model_config(self, n_features: int, n_classes: int, n_params: int) -> ModelConfig:
-        return ModelConfig(
-            n_features=n_features, n_classes=n_classes, n_params=n_params, d_model=self.d_model,
-            n_heads=self.n_heads, n_layers=self.n_layers, d_ff=self.d_ff, dropout=self.dropout,
-        )
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-PRESETS: dict[str, Preset] = {
-    p.name: p
-    for p in (
-        # For tests and CPU smoke runs.
-        Preset("tiny", 32, 2, 2, 64, 0.0, 1e-3, 1e-2, 1.0, batch_size=64),
-        # Sized to train on 2 CPU cores in minutes (the first shipped PD selector, 200k trajectories).
-        Preset("cpu48", 48, 4, 3, 96, 0.0, 1e-3, 1e-2, 1.0, batch_size=128),
-        # ref64's shape without dropout (which costs 2.2x per step on CPU; 1M trajectories seen a
-        # few times each do not overfit): the shipped PK and PD selectors, 1M trajectories each on CPU.
-        Preset("cpu64", 64, 4, 4, 256, 0.0, 1e-3, 1e-2, 1.0, batch_size=256),
-        # The five configurations of the reference study (d_model/heads/layers/FF/dropout/lr/wd/λ).
-        Preset("ref64", 64, 4, 4, 256, 0.10, 3e-4, 1e-2, 1.0),
-        Preset("ref128", 128, 8, 4, 512, 0.10, 3e-4, 1e-2, 1.0),
-        Preset("ref128x6", 128, 8, 6, 512, 0.15, 2e-4, 2e-2, 0.7),
-        Preset("ref192", 192, 8, 6, 768, 0.15, 2e-4, 1e-2, 1.2),
-        Preset("ref128x8", 128, 8, 8, 512, 0.10, 2e-4, 1e-2, 1.0),
-    )
-}
-
-
-def get_preset(name: str | Preset) -> Preset:
-    """The preset called `name` (a [`Preset`][] passes through)."""
-    if isinstance(name, Preset):
-        return name
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}.")
-    return PRESETS[name]
-
-
-# ----------------------------------------------------------------------------------- batch sources
-class BatchSource(Protocol):
-    """Where training batches come from: `info` (a `CorpusInfo`-like object), `batch_size`,
-    ``__call__(split, epoch)`` -> batches (deterministic given the epoch) and ``n_batches(split)``."""
-
-    info: Any
-    batch_size: int
-
-    def __call__(self, split: str, epoch: int) -> Iterable[Any]: ...
-
-    def n_batches(self, split: str) -> int: ...
-
-
-_FIELDS = ("times", "values", "mask", "label", "params", "param_mask")
-_DTYPES = (np.float32, np.float32, np.bool_, np.int32, np.float32, np.bool_)
-
-
-class ArrayBatches:
-    """In-memory [`BatchSource`][]: ``splits[split]`` maps the six batch fields to arrays.
-
-    The ``"train"`` split is shuffled by ``default_rng([seed, epoch])`` and its last incomplete
-    batch dropped; other splits come in order, with the last batch kept.
-    """
-
-    def __init__(self, info: Any, splits: Mapping[str, Mapping[str, np.ndarray]], batch_size: int,
-                 *, seed: int = 0):
-        self.info, self.batch_size, self.seed = info, int(batch_size), int(seed)
-        self.splits: dict[str, dict[str, np.ndarray]] = {}
-        for split, arrays in splits.items():
-            missing = [f for f in _FIELDS if f not in arrays]
-            if missing:
-                raise ValueError(f"split {split!r} lacks the arrays {missing}.")
-            conv = {f: np.asarray(arrays[f], dt) for f, dt in zip(_FIELDS, _DTYPES)}
-            n = {f: a.shape[0] for f, a in conv.items()}
-            if len(set(n.values())) != 1:
-                raise ValueError(f"split {split!r}: arrays disagree on the number of examples: {n}.")
-            self.splits[split] = conv
-
-    def _n(self, split: str) -> int:
-        if split not in self.splits:
-            raise ValueError(f"no split {split!r}; have {sorted(self.splits)}.")
-        return self.splits[split]["label"].shape[0]
-
-    def n_batches(self, split: str) -> int:
-        n = self._n(split)
-        return n // self.batch_size if split == "train" else -(-n // self.batch_size)
-
-    def __call__(self, split: str, epoch: int) -> Iterator[Any]:
-        n = self._n(split)
-        arrays = self.splits[split]
-        order = (np.random.default_rng([self.seed, epoch]).permutation(n) if split == "train"
-                 else np.arange(n))
-        for b in range(self.n_batches(split)):
-            idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-            yield Batch(**{f: arrays[f][idx] for f in _FIELDS})
-
-
-class CorpusBatches:
-    """[`BatchSource`][] over a corpus directory (`pkpd_jax.amortized.batches.iter_batches`).
-
-    Training batches are shuffled by ``(seed, epoch)`` and drop the last incomplete batch; the
-    validation and test splits come in corpus order and keep it.
-    """
-
-    def __init__(self, corpus_dir: str | Path, batch_size: int, *, seed: int = 0):
-        from .batches import corpus_info
-
-        self.corpus_dir, self.batch_size, self.seed = Path(corpus_dir), int(batch_size), int(seed)
-        self.info = corpus_info(self.corpus_dir)
-        self._n_batches: dict[str, int] = {}
-
-    def __call__(self, split: str, epoch: int) -> Iterator[Any]:
-        from .batches import iter_batches
-
-        return iter_batches(self.corpus_dir, split, self.batch_size, seed=self.seed, epoch=epoch,
-                            drop_last=split == "train", shuffle=split == "train")
-
-    def n_batches(self, split: str) -> int:
-        if split not in self._n_batches:
-            counts = getattr(self.info, "counts", {}) or {}
-            if split in counts:
-                n = int(counts[split])
-                self._n_batches[split] = (n // self.batch_size if split == "train"
-                                          else -(-n // self.batch_size))
-            else:  # no count in the manifest: one pass to count
-                self._n_batches[split] = sum(1 for _ in self(split, 0))
-        return self._n_batches[split]
-
-
-def _info_dict(info: Any) -> dict:
-    """The JSON-able part of a `CorpusInfo`-like object (stored in checkpoints)."""
-    if dataclasses.is_dataclass(info):
-        d = dataclasses.asdict(info)
-    elif isinstance(info, Mapping):
-        d = dict(info)
-    else:
-        d = {k: getattr(info, k) for k in ("family", "class_names", "param_names", "n_times",
-                                           "n_features", "n_params", "feature_names", "counts")
-             if hasattr(info, k)}
-    d["class_names"] = list(d["class_names"])
-    d["param_names"] = {k: list(v) for k, v in dict(d.get("param_names") or {}).items()}
-    if "feature_names" in d:
-        d["feature_names"] = list(d["feature_names"])
-    return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
-
-
-def _check_batch(batch: Any, info: dict, where: str) -> None:
-    """Shapes and dtypes of one batch against the corpus info; a specific error otherwise."""
-    try:
-        times, values, mask = batch.times, batch.values, batch.mask
-        label, params, pmask = batch.label, batch.params, batch.param_mask
-    except AttributeError as e:
-        raise ValueError(f"{where}: a batch must have the attributes {_FIELDS}; {e}.") from None
-    if np.ndim(times) != 2:
-        raise ValueError(f"{where}: batch.times must be [B, T]; got shape {np.shape(times)}.")
-    b, t = np.shape(times)
-    expect = {"values": (b, t, info["n_features"]), "mask": (b, t), "label": (b,),
-              "params": (b, info["n_params"]), "param_mask": (b, info["n_params"])}
-    for name, shape in expect.items():
-        if np.shape(getattr(batch, name)) != shape:
-            raise ValueError(f"{where}: batch.{name} has shape {np.shape(getattr(batch, name))}, "
-                             f"expected {shape} (times {np.shape(times)}).")
-    lab = np.asarray(label)
-    if lab.size and (lab.min() < 0 or lab.max() >= len(info["class_names"])):
-        raise ValueError(f"{where}: labels must be in [0, {len(info['class_names'])}); got "
-                         f"{lab.min()}..{lab.max()}.")
-    del values, mask, params, pmask
-
-
-def _arrays(batch: Any) -> tuple[np.ndarray, ...]:
-    return tuple(np.asarray(getattr(batch, f), dt) for f, dt in zip(_FIELDS, _DTYPES))
 
 
 # ------------------------------------------------------------------------------------------- loss
