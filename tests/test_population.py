@@ -647,12 +647,11 @@ def _pk_subjects(n=3, pd=False, doses=True, **cov):
 @pytest.fixture
 def no_simulation(monkeypatch):
     """Fail the test if anything is simulated (errors must come before any compilation)."""
-    import pkpd_jax.inference.population as pop
-
     def boom(*args, **kwargs):
         raise AssertionError("simulated before the input error was raised")
 
-    monkeypatch.setattr(pop, "simulate", boom)
+    # the population likelihood's predictions simulate there
+    monkeypatch.setattr("pkpd_jax.population._predict.simulate", boom)
 
 
 def test_bad_input_raises_named_errors_before_anything_runs(no_simulation):
