@@ -138,23 +138,28 @@ class PopulationDraws:
         return np.stack([self.values[s] for s in self.sigma_names], -1)
 
     # ------------------------------------------------------------------ individuals
-    def individual_parameters(self, covariates: Mapping[str, np.ndarray], etas=None, *, draws=None):
+    def individual_parameters(
+        self, covariates: Mapping[str, np.ndarray], etas=None, *, draws=None, n: int | None = None
+    ):
         """Individual parameters ``(S, N, P)`` (natural units, `model.param_names`).
 
         `covariates`: ``{name: (N,)}`` shared by every draw, or ``{name: (S, N)}`` per draw;
         `etas`: standardised random effects ``(S, N, B)`` (or ``(N, B)`` for every draw; columns =
         `bsv_params`), ``None`` for the typical subjects. `draws`: optional draw index ``(N,)``
         per subject instead of every draw for every subject: the result is then ``(N, P)``.
+        `n`: the number of subjects when `covariates` is empty (a model without covariates).
         """
         mu, coef, omega = self.mu(), self.coef(), self.omega()
-        cov = {k: np.asarray(v, float) for k, v in covariates.items() if k in self.covariates_needed}
-        X = covariate_design(self.effects, cov)
+        if covariates:
+            X = covariate_design(self.effects, {k: np.asarray(v, float) for k, v in covariates.items()})
+        else:
+            X = covariate_design(self.effects, {"_": np.zeros(0 if n is None else n)})
         A = effect_matrix(self.effects, self.model.param_names)
         if draws is not None:
             s = np.asarray(draws)
             out = individual_parameters(
-                self.model.params, mu[s][:, None, :], coef[s][:, None, :], X[:, None, :], A,
-                omega[s][:, None, :], None if etas is None else jnp.asarray(etas)[:, None, :],
+                self.model.params, mu[s], coef[s], X[:, None, :], A,
+                omega[s], None if etas is None else jnp.asarray(etas)[:, None, :],
                 self.bsv_index,
             )
             return out[:, 0, :]
@@ -164,7 +169,9 @@ class PopulationDraws:
             self.model.params, mu, coef, X, A, omega, etas, self.bsv_index
         )
 
-    def sample_individuals(self, key_or_rng, covariates: Mapping[str, np.ndarray], *, bsv: bool = True):
+    def sample_individuals(
+        self, key_or_rng, covariates: Mapping[str, np.ndarray], *, bsv: bool = True, n: int | None = None
+    ):
         """Individual parameters with fresh standardised random effects η ~ N(0, 1).
 
         - a JAX key: every draw gets every subject, ``(S, N, P)`` (`covariates` ``(N,)`` or
@@ -173,20 +180,22 @@ class PopulationDraws:
           the draw index then one standard normal per *parameter* ``(N, P)`` (those without
           variability unused, so that the stream does not depend on which parameters vary).
 
-        ``bsv=False`` gives the typical subjects (no η drawn).
+        ``bsv=False`` gives the typical subjects (no η drawn). `n`: the number of subjects when
+        `covariates` is empty (a model without covariates).
         """
+        if covariates:
+            n = np.shape(next(iter(covariates.values())))[-1]
+        elif n is None:
+            raise ValueError("pass the number of subjects `n` when there are no covariates.")
         if isinstance(key_or_rng, np.random.Generator):
             rng = key_or_rng
-            n = np.shape(next(iter(covariates.values())))[0] if covariates else 0
             s = rng.integers(0, self.n_draws, n)
             eta = rng.standard_normal((n, len(self.model.param_names)))[:, self.bsv_index]
-            return self.individual_parameters(covariates, eta if bsv else None, draws=s)
-        shapes = {np.shape(v) for v in covariates.values()}
-        n = max((sh[-1] for sh in shapes), default=0)
+            return self.individual_parameters(covariates, eta if bsv else None, draws=s, n=n)
         eta = None
         if bsv and self.bsv_params:
             eta = jax.random.normal(key_or_rng, (self.n_draws, n, len(self.bsv_params)))
-        return self.individual_parameters(covariates, eta)
+        return self.individual_parameters(covariates, eta, n=n)
 
     # ------------------------------------------------------------------ constructors
     @classmethod
