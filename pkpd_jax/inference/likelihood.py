@@ -1,5 +1,8 @@
 """The population log-density (NLME-style): typical values, covariates, BSV and residual error.
 
+(One concept, the log-density over the flat position with its layout and parametrisations, hence
+above 25 KB; its data checks, priors, optimisation and predictive checks are modules of their own.)
+
 A [`PopulationModel`][] turns a [`PKPDModel`][pkpd_jax.models.PKPDModel] and a
 [`Dataset`][pkpd_jax.data.Dataset] into one log-density over a flat, unconstrained position
 vector, ready for HMC/NUTS (``pkpd_jax.inference.sample``) or MAP optimisation ([`fit_map`][]).
@@ -67,7 +70,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +83,6 @@ from ..models.coupling import PKPDModel
 from ..population import (
     DEFAULT_CONFIG,
     CovariateSpec,
-    PopulationDataError,
     PopulationDataWarning,
     covariate_design,
     dataset_covariates,
@@ -97,12 +99,12 @@ from ..population import (
 )
 from ..solve import SolverConfig
 from .observations import fitted_observations, resolve_lloq
-from .optimize import curvature_matrix, fit_map
+from .optimize import StartingPoints, scatter, starting_points
 from .predictive import PredictiveSample, simulate_predictive
 from .priors import build_priors, prior_table
 
 
-__all__ = ["PopulationModel", "StartingPoints"]
+__all__ = ["PopulationModel"]
 
 
 #: |log ω|, |log σ| and |g(θ_i)| (positive and unit parameters) above this give a log-density
@@ -120,17 +122,6 @@ def _safe_exp(z):
 
 def _halfnormal_logpdf(x, scale):
     return 0.5 * math.log(2.0 / math.pi) - jnp.log(scale) - 0.5 * (x / scale) ** 2
-
-
-class StartingPoints(NamedTuple):
-    """What [`PopulationModel.starting_points`][] returns."""
-
-    positions: Array  # (chains, dim)
-    inverse_mass: np.ndarray | None  # (dim,) from the curvature, or None
-    mode: Array  # (dim,) the optimised point the chains scatter around
-    curvature: np.ndarray | None  # (dim,) diagonal of the negative Hessian at `mode`, or None
-    hessian: np.ndarray | None = None  # (dim, dim) the negative Hessian at `mode`, or None
-
 
 
 class PopulationModel:
@@ -572,63 +563,14 @@ class PopulationModel:
         jitter: float = 0.1,
         curvature: bool = True,
     ) -> StartingPoints:
-        """Starting points ``(n_chains, dim)`` and a diagonal inverse mass ``(dim,)`` for HMC,
-        with the point they scatter around (`mode`) and its curvature (for [`data_weight`][]).
-
-        From the prior medians, `map_steps` Adam steps on the full position (η included; 0 skips
-        the optimisation). With `curvature`, the diagonal of the negative Hessian at that point
-        (finite differences of the gradient, ``dim + 1`` gradients, [`curvature_diagonal`][])
-        gives per-coordinate scales ``s_i = 1/sqrt(H_ii)``: each chain starts at ``x0 + ε``,
-        ``ε_i ~ N(0, min(jitter, s_i)²)`` (a uniform jitter would put precisely determined
-        coordinates, such as a typical clearance with s ~ 0.002, dozens of posterior SDs away,
-        and warm-up would spend its first hundreds of iterations at tiny step sizes coming back),
-        and ``s_i²`` is returned as the inverse mass for the first warm-up window (``None``
-        without `curvature`; coordinates with non-positive curvature get ``jitter²``). A draw
-        with a non-finite log-density is halved until finite (the unperturbed point is the last
-        resort).
-        """
-        x0 = self.prior_median_position()
-        # value_and_grad, not logdensity: the MAP compiles it anyway, one program fewer to compile
-        if not np.isfinite(float(self.value_and_grad(x0)[0])):
-            raise PopulationDataError(
-                "the log-density is not finite at the prior medians (the simulation fails for "
-                "some subject); check doses, units and the model choice"
-            )
-        if map_steps > 0:
-            x0 = fit_map(self, x0, steps=map_steps, learning_rate=learning_rate)
-        hess = curvature_matrix(self, x0) if curvature else None
-        h = None if hess is None else np.diag(hess).copy()
-        return self.scatter(key, n_chains, x0, h, jitter=jitter, hessian=hess)
+        """Starting points for HMC around the joint mode (`pkpd_jax.inference.optimize.starting_points`)."""
+        return starting_points(self, key, n_chains, map_steps=map_steps, learning_rate=learning_rate,
+                               jitter=jitter, curvature=curvature)
 
     def scatter(self, key: Array, n_chains: int, mode, curvature=None, *, jitter: float = 0.1,
                 hessian=None) -> StartingPoints:
-        """Chain starting points around `mode` scaled by the diagonal `curvature` (the second
-        half of [`starting_points`][], for a mode and curvature computed elsewhere, e.g. mapped
-        by [`reparametrized`][]); the full `hessian`, if given, is passed through."""
-        x0 = jnp.asarray(mode, float)
-        h = None if curvature is None else np.asarray(curvature, float)
-        scale = np.full(self.dim, jitter)
-        inverse_mass = None
-        if h is not None:
-            ok = np.isfinite(h) & (h > 0)
-            var = np.where(ok, 1.0 / np.where(ok, h, 1.0), jitter**2)
-            var = np.clip(var, 1e-8, 1e2)
-            scale = np.minimum(jitter, np.sqrt(var))
-            inverse_mass = var
-        keys = jax.random.split(key, n_chains)
-        out = []
-        for k in keys:
-            shrink = 1.0
-            x = x0
-            for _ in range(8):
-                cand = x0 + shrink * jnp.asarray(scale) * jax.random.normal(k, x0.shape, x0.dtype)
-                if np.isfinite(float(self.value_and_grad(cand)[0])):
-                    x = cand
-                    break
-                shrink /= 2
-            out.append(x)
-        return StartingPoints(jnp.stack(out), inverse_mass, x0, h,
-                              None if hessian is None else np.asarray(hessian, float))
+        """Chain starting points around `mode` (see `pkpd_jax.inference.optimize.scatter`)."""
+        return scatter(self, key, n_chains, mode, curvature, jitter=jitter, hessian=hessian)
 
     # ------------------------------------------------------------------ predictive checks
     def simulate_predictive(self, values, key: Array, *, n_replicates: int | None = None) -> PredictiveSample:

@@ -11,8 +11,9 @@ from ..population import (
     PopulationDataError as PopulationDataError,
     PopulationDataWarning as PopulationDataWarning,
 )
-from .likelihood import PopulationModel as PopulationModel, StartingPoints as StartingPoints
+from .likelihood import PopulationModel as PopulationModel
 from .optimize import (
+    StartingPoints as StartingPoints,
     curvature_diagonal as curvature_diagonal,
     curvature_matrix as curvature_matrix,
     fit_map as fit_map,
