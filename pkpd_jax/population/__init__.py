@@ -2,7 +2,7 @@
 population values to individual parameters, the residual error model (with BLQ by M3), the
 individual predictions of the likelihood, and population draws (from a fit or a known truth)
 for trials, the digital twin and the quantum cohorts. The log-density over a fit's flat position
-is `pkpd_jax.inference.PopulationModel`."""
+is `pkpd_jax.inference.likelihood.PopulationModel`."""
 
 from ._covariates import (
     REFERENCE_BW as REFERENCE_BW,

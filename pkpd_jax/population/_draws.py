@@ -200,7 +200,7 @@ class PopulationDraws:
     # ------------------------------------------------------------------ constructors
     @classmethod
     def from_population_model(cls, pm, positions, **kw):
-        """From a population model (`pkpd_jax.inference.PopulationModel`) at positions
+        """From a population model (`pkpd_jax.inference.likelihood.PopulationModel`) at positions
         ``(..., dim)`` (e.g. posterior draws ``(chains, draws, dim)``); the study covariates and
         dose duration are the model's data set's. Extra keywords go to the constructor."""
         flat = np.asarray(positions, float).reshape(-1, pm.dim)

@@ -1,7 +1,7 @@
 """Synthetic cohorts drawn from a population model: covariates -> individual (log-)parameters.
 
 A [`CovariateModel`][] is the generating model of the individual parameters, taken from a
-[`PopulationModel`][pkpd_jax.inference.PopulationModel] at one or several positions (posterior
+[`PopulationModel`][pkpd_jax.inference.likelihood.PopulationModel] at one or several positions (posterior
 draws, or the single true position of the bundled example study)::
 
     log θ_ip = μ_p(s_i) + Σ_e β_e(s_i)·x_ie·[e acts on p] + ω_p(s_i)·η_ip,   η ~ N(0, 1)
