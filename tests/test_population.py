@@ -647,12 +647,11 @@ def _pk_subjects(n=3, pd=False, doses=True, **cov):
 @pytest.fixture
 def no_simulation(monkeypatch):
     """Fail the test if anything is simulated (errors must come before any compilation)."""
-    import pkpd_jax.inference.population as pop
-
     def boom(*args, **kwargs):
         raise AssertionError("simulated before the input error was raised")
 
-    monkeypatch.setattr(pop, "simulate", boom)
+    # the population likelihood's predictions simulate there
+    monkeypatch.setattr("pkpd_jax.population._predict.simulate", boom)
 
 
 def test_bad_input_raises_named_errors_before_anything_runs(no_simulation):
@@ -999,3 +998,159 @@ def test_mixed_parametrisation_is_the_same_model_and_maps_positions(tiny):
     np.testing.assert_allclose(w_mix, w_nc, rtol=0.05, atol=0.05)
     with pytest.raises(ValueError, match="no random effect"):
         PopulationModel(get_model(*TINY_MODEL), dataset(TINY), parametrization=["nope"])
+
+
+# =================================================================== the population package
+def test_covariate_map_by_hand():
+    """The one covariate map (`pkpd_jax.population.individual_parameters`): a power effect on
+    two clearances, a categorical (0/1) factor, a logit parameter and exponential random
+    effects, against the equation written out by hand."""
+    from pkpd_jax.population import (
+        CovariateEffect,
+        covariate_design,
+        effect_matrix,
+        individual_parameters,
+    )
+
+    model = get_model("pk_2c_iv", "pd_direct_inhib_emax")
+    names = model.param_names
+    effects = (
+        CovariateEffect("BW_CL", "BW", "power", ("CL", "Q"), 70.0, (0.75, 0.25)),
+        CovariateEffect("COMED_CL", "COMED", "factor", ("CL",), 0.0, (0.0, 0.5)),
+    )
+    bw = np.array([50.0, 70.0, 110.0])
+    comed = np.array([1.0, 0.0, 1.0])
+    typical = {n: 1.0 + k for k, n in enumerate(names)}
+    typical["Imax"] = 0.8  # a fraction: logit link
+    mu = np.array([p.to_unconstrained(typical[p.name]) for p in model.params])
+    coef = np.array([0.75, math.log(0.6)])
+    bsv = ("CL", "V1", "Imax")
+    omega = np.array([0.3, 0.2, 0.5])
+    eta = np.array([[0.5, -1.0, 0.2], [0.0, 0.3, -0.4], [-1.2, 0.7, 1.1]])
+    X = covariate_design(effects, {"BW": bw, "COMED": comed})
+    A = effect_matrix(effects, names)
+    theta = np.asarray(
+        individual_parameters(model.params, mu, coef, X, A, omega, eta, [names.index(b) for b in bsv])
+    )
+    expect = dict(typical)
+    expect = {n: np.full(3, v) for n, v in expect.items()}
+    expect["CL"] = typical["CL"] * (bw / 70) ** 0.75 * 0.6**comed * np.exp(0.3 * eta[:, 0])
+    expect["Q"] = typical["Q"] * (bw / 70) ** 0.75
+    expect["V1"] = typical["V1"] * np.exp(0.2 * eta[:, 1])
+    logit = math.log(0.8 / 0.2) + 0.5 * eta[:, 2]
+    expect["Imax"] = 1.0 / (1.0 + np.exp(-logit))
+    np.testing.assert_allclose(theta, np.stack([expect[n] for n in names], -1), rtol=1e-13)
+    # no η: the typical subject of each covariate set
+    typ = np.asarray(individual_parameters(model.params, mu, coef, X, A))
+    cl_typ = typical["CL"] * (bw / 70) ** 0.75 * 0.6**comed
+    np.testing.assert_allclose(typ[:, names.index("CL")], cl_typ, rtol=1e-13)
+    with pytest.raises(CovariateSpecError, match="COMED"):
+        covariate_design(effects, {"BW": bw})
+
+
+def test_residual_model_and_m3_against_scipy():
+    """The one residual model: the normal log-density with SD ``sqrt((σ_p f)² + σ_a²)`` and the M3
+    term ``log Φ((LLOQ − f)/sd)``, against scipy; the simulated residual and the Fisher weight
+    against their formulas."""
+    from pkpd_jax.population import fisher_weight, observation_loglik, residual_sd, simulate_residual
+
+    f = np.array([0.01, 0.5, 3.0, 40.0, 1e-4])
+    dv = np.array([0.02, 0.45, 3.3, 35.0, 0.0])
+    lloq = np.array([0.05, 0.1, 0.1, 1.0, 0.001])
+    sp, sa = 0.15, 0.02
+    sd = np.sqrt((sp * f) ** 2 + sa**2)
+    np.testing.assert_allclose(np.asarray(residual_sd(f, sp, sa)), sd, rtol=1e-15)
+    quant = np.asarray(observation_loglik(dv, f, sp, sa, np.zeros(5, bool), lloq))
+    np.testing.assert_allclose(quant, stats.norm.logpdf(dv, f, sd), rtol=1e-12)
+    m3 = np.asarray(observation_loglik(dv, f, sp, sa, np.ones(5, bool), lloq))
+    np.testing.assert_allclose(m3, stats.norm.logcdf(lloq, f, sd), rtol=1e-12)
+    e1, e2 = np.array([0.3, -1.0, 0.0, 2.0, 1.0]), np.array([-0.5, 0.1, 1.0, 0.0, 0.2])
+    np.testing.assert_allclose(np.asarray(simulate_residual(f, sp, sa, e1, e2)), f * (1 + sp * e1) + sa * e2)
+    v = sd**2
+    w = 1 / v + 2 * sp**4 * f**2 / v**2
+    np.testing.assert_allclose(np.asarray(fisher_weight(f, sp, sa)), w, rtol=1e-13)
+
+
+def test_population_draws_from_the_example_truth():
+    """`PopulationDraws.from_truth` on the bundled truth: its typical values, covariate
+    coefficients, omegas and sigmas, the automatic covariate effects, and individual parameters
+    by the truth's equations."""
+    import json
+
+    from pkpd_jax.data.example import example_paths
+    from pkpd_jax.population import PopulationDraws
+
+    truth = json.loads(example_paths()[1].read_text())
+    draws = PopulationDraws.from_truth(truth, n_study=500)
+    assert draws.n_draws == 1 and draws.has_residual
+    for block in ("population", "omega"):
+        for k, v in truth[block].items():
+            assert draws.values[k][0] == v
+    for k in ("sigma_prop_PK", "sigma_add_PK", "sigma_prop_PD", "sigma_add_PD"):
+        assert draws.values[k][0] == truth["residual"][k]
+    assert {e.name: e.params for e in draws.effects} == {
+        "BW_CL": ("CL", "Q"),
+        "BW_V": ("V1", "V2"),
+        "COMED_CL": ("CL",),
+    }
+    for e in draws.effects:
+        assert draws.values[e.name][0] == truth["covariates"][e.name]
+    assert draws.study_covariates["BW"].shape == (500,)
+    assert 50 <= draws.study_covariates["BW"].min() and draws.study_covariates["BW"].max() <= 100
+    # the reference subject has the typical values; the truth's equations otherwise
+    names = draws.model.param_names
+    cov = {"BW": np.array([70.0, 90.0]), "COMED": np.array([0.0, 1.0])}
+    eta = np.array([[0.0] * len(draws.bsv_params), [0.5] * len(draws.bsv_params)])
+    theta = np.asarray(draws.individual_parameters(cov, eta[None]))[0]
+    pop, c, om = truth["population"], truth["covariates"], truth["omega"]
+    np.testing.assert_allclose(theta[0], [pop[n] for n in names], rtol=1e-13)
+    expect = {n: pop[n] * math.exp(om[f"omega_{n}"] * 0.5) for n in names if f"omega_{n}" in om}
+    expect["CL"] *= (90 / 70) ** c["BW_CL"] * c["COMED_CL"]
+    expect["Q"] *= (90 / 70) ** c["BW_CL"]
+    expect["V1"] *= (90 / 70) ** c["BW_V"]
+    expect["V2"] *= (90 / 70) ** c["BW_V"]
+    for n, v in expect.items():
+        assert theta[1, names.index(n)] == pytest.approx(v, rel=1e-13)
+    # sampled individuals: typical subjects without η, log-normal spread with it
+    rng_theta = np.asarray(draws.sample_individuals(np.random.default_rng(0), {"BW": np.full(4000, 70.0),
+                                                                               "COMED": np.zeros(4000)}))
+    j = names.index("CL")
+    assert np.std(np.log(rng_theta[:, j])) == pytest.approx(om["omega_CL"], rel=0.05)
+    typ = np.asarray(draws.sample_individuals(jax.random.key(0), {"BW": np.full(3, 70.0),
+                                                                  "COMED": np.zeros(3)}, bsv=False))
+    np.testing.assert_allclose(typ[0], np.tile([pop[n] for n in names], (3, 1)), rtol=1e-13)
+
+
+def test_population_draws_from_a_fit_directory(tiny, tmp_path):
+    """`PopulationDraws.from_fit` on a small fit directory (positions stored as a fit stores them):
+    the population values of every draw, the effects and the study covariates, and the one
+    covariate map gives the population model's individual parameters at those positions."""
+    import json
+
+    from pkpd_jax.data import write_nonmem
+    from pkpd_jax.population import PopulationDraws
+
+    pm, _, _ = tiny
+    rng = np.random.default_rng(3)
+    vals = [{k: v * math.exp(0.05 * rng.standard_normal()) for k, v in TINY_VALUES.items()} for _ in range(4)]
+    etas = rng.standard_normal((4, pm.n_subjects, len(pm.bsv_params)))
+    pos = np.stack([np.asarray(pm.to_position(v, e)) for v, e in zip(vals, etas)]).reshape(2, 2, -1)
+    np.save(tmp_path / "positions.npy", pos)
+    write_nonmem(frame(TINY), tmp_path / "data.csv")
+    meta = {"pk": TINY_MODEL[0], "pd": TINY_MODEL[1], "covariates": "auto", "priors": None}
+    meta["data"] = "data.csv"
+    (tmp_path / "fit.json").write_text(json.dumps(meta))
+    (tmp_path / "summary.json").write_text(json.dumps({"params": {}, "sampler": "synthetic"}))
+
+    draws = PopulationDraws.from_fit(tmp_path)
+    assert draws.n_draws == 4 and draws.meta["draws_total"] == 4 and draws.source == str(tmp_path)
+    assert [e.name for e in draws.effects] == [e.name for e in pm.effects]
+    assert draws.bsv_params == pm.bsv_params
+    for s, v in enumerate(vals):
+        for k, x in v.items():
+            assert draws.values[k][s] == pytest.approx(x, rel=1e-12)
+    np.testing.assert_array_equal(draws.study_covariates["BW"], [60.0, 85.0, 72.0])
+    theta = np.asarray(draws.individual_parameters(draws.study_covariates, etas))
+    np.testing.assert_allclose(theta, np.asarray(pm.individual_parameters(pos.reshape(4, -1))), rtol=1e-12)
+    two = PopulationDraws.from_fit(tmp_path, n_draws=2, seed=1)
+    assert two.n_draws == 2 and set(two.values["CL"]) <= set(draws.values["CL"])

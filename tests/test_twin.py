@@ -23,8 +23,9 @@ from typer.testing import CliRunner
 from pkpd_jax.data import Dataset, read_nonmem, write_nonmem
 from pkpd_jax.data.example import example_paths
 from pkpd_jax.dosing import Regimen
-from pkpd_jax.inference.population import CovariateEffect, PopulationModel
+from pkpd_jax.inference.likelihood import PopulationModel
 from pkpd_jax.models import get_model
+from pkpd_jax.population import CovariateEffect
 from pkpd_jax.solve import SolverConfig, simulate
 from pkpd_jax.trials.exposure import steady_state_extremes
 from pkpd_jax.twin import PatientRecord, TwinError, TwinPopulation, individual_posterior
@@ -334,7 +335,7 @@ def _fit_like_dir(out, pd="pd_direct_inhib_emax"):
     return out
 
 
-@pytest.mark.filterwarnings("ignore::pkpd_jax.inference.population.PopulationDataWarning")
+@pytest.mark.filterwarnings("ignore::pkpd_jax.population.PopulationDataWarning")
 def test_cli_twin_errors(tmp_path):
     from pkpd_jax.cli import app
 

@@ -1,7 +1,7 @@
 """Synthetic cohorts drawn from a population model: covariates -> individual (log-)parameters.
 
 A [`CovariateModel`][] is the generating model of the individual parameters, taken from a
-[`PopulationModel`][pkpd_jax.inference.PopulationModel] at one or several positions (posterior
+[`PopulationModel`][pkpd_jax.inference.likelihood.PopulationModel] at one or several positions (posterior
 draws, or the single true position of the bundled example study)::
 
     log θ_ip = μ_p(s_i) + Σ_e β_e(s_i)·x_ie·[e acts on p] + ω_p(s_i)·η_ip,   η ~ N(0, 1)
@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from ..population import PopulationDraws, covariate_design, effect_matrix, typical_unconstrained
 
 
 __all__ = ["Cohort", "CovariateModel", "cohort_from_truth", "cohort_from_fit", "truth_population"]
@@ -72,45 +74,63 @@ class Cohort:
 
 @dataclass(frozen=True)
 class CovariateModel:
-    """Generating model of log-parameters given covariates, at ``S`` positions (draws).
+    """Generating model of log-parameters given covariates: ``S`` population draws
+    ([`PopulationDraws`][pkpd_jax.population.PopulationDraws]) of a model whose parameters are
+    all positive.
 
     `mu` ``(S, P)``: log typical values (reference subject); `coef` ``(S, E)``: effect
     coefficients (power exponent or log factor); `omega` ``(S, P)``: between-subject SDs (0 for a
     parameter without variability); `effects`: the population model's
-    [`CovariateEffect`][pkpd_jax.inference.CovariateEffect]s; `covariate_names`: the covariates
+    [`CovariateEffect`][pkpd_jax.population.CovariateEffect]s; `covariate_names`: the covariates
     they use, in order.
     """
 
-    param_names: tuple[str, ...]
-    covariate_names: tuple[str, ...]
-    effects: tuple
-    mu: np.ndarray
-    coef: np.ndarray
-    omega: np.ndarray
+    draws: PopulationDraws
 
     @classmethod
     def from_population(cls, pm, positions) -> CovariateModel:
         """From a population model and positions ``(..., dim)`` (e.g. ``(chains, draws, dim)``)."""
-        bad = [p.name for p in pm.params if p.constraint != "positive"]
+        return cls.from_draws(PopulationDraws.from_population_model(pm, positions))
+
+    @classmethod
+    def from_draws(cls, draws: PopulationDraws) -> CovariateModel:
+        """From population draws (raises `ValueError` for a non-positive parameter or non-finite values)."""
+        bad = [p.name for p in draws.model.params if p.constraint != "positive"]
         if bad:
             raise ValueError(
-                f"parameters {bad} of {pm.model.name} are not positive; the quantum kernel regression "
+                f"parameters {bad} of {draws.model.name} are not positive; the quantum kernel regression "
                 "models log-parameters and needs positive parameters only."
             )
-        pos = np.asarray(positions, float).reshape(-1, pm.dim)
-        vals = {k: np.asarray(v).reshape(-1) for k, v in pm.unflatten(pos).items()}
-        names = tuple(pm.param_names)
-        mu = np.stack([np.log(vals[p]) for p in names], 1)
-        coef = (
-            np.stack([vals[e.name] if e.kind == "power" else np.log(vals[e.name]) for e in pm.effects], 1)
-            if pm.effects
-            else np.zeros((pos.shape[0], 0))
-        )
-        omega = np.stack([vals.get(f"omega_{p}", np.zeros(pos.shape[0])) for p in names], 1)
-        covs = tuple(dict.fromkeys(e.covariate for e in pm.effects))
-        if not np.all(np.isfinite(mu)) or not np.all(np.isfinite(coef)) or not np.all(np.isfinite(omega)):
+        gen = cls(draws)
+        if not all(np.all(np.isfinite(a)) for a in (gen.mu, gen.coef, gen.omega)):
             raise ValueError("the population values at these positions are not all finite")
-        return cls(names, covs, tuple(pm.effects), mu, coef, omega)
+        return gen
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return tuple(self.draws.model.param_names)
+
+    @property
+    def covariate_names(self) -> tuple[str, ...]:
+        return self.draws.covariates_needed
+
+    @property
+    def effects(self) -> tuple:
+        return tuple(self.draws.effects)
+
+    @property
+    def mu(self) -> np.ndarray:
+        return self.draws.mu()
+
+    @property
+    def coef(self) -> np.ndarray:
+        return self.draws.coef()
+
+    @property
+    def omega(self) -> np.ndarray:
+        om = np.zeros((self.draws.n_draws, len(self.param_names)))
+        om[:, self.draws.bsv_index] = self.draws.omega()
+        return om
 
     @property
     def structure(self) -> dict[str, tuple[str, ...]]:
@@ -120,34 +140,24 @@ class CovariateModel:
             for p in self.param_names
         }
 
-    def _effect_matrix(self, covariates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Design ``(N, E)`` and incidence ``(E, P)``."""
-        X = (
-            np.stack(
-                [e.design(covariates[:, self.covariate_names.index(e.covariate)]) for e in self.effects], 1
-            )
-            if self.effects
-            else np.zeros((covariates.shape[0], 0))
-        )
-        A = np.array([[p in e.params for p in self.param_names] for e in self.effects], float).reshape(
-            len(self.effects), len(self.param_names)
-        )
-        return X, A
+    def _covariates(self, covariates: np.ndarray) -> dict[str, np.ndarray]:
+        covariates = np.asarray(covariates, float)
+        return {c: covariates[:, j] for j, c in enumerate(self.covariate_names)}
 
     def noise_free(self, covariates: np.ndarray) -> np.ndarray:
-        """``E[log θ | covariates]`` ``(N, P)`` (averaged over the positions)."""
-        X, A = self._effect_matrix(np.asarray(covariates, float))
-        return self.mu.mean(0)[None, :] + X @ (self.coef.mean(0)[:, None] * A)
+        """``E[log θ | covariates]`` ``(N, P)`` (averaged over the draws: exact, the map is linear
+        in them)."""
+        cov = self._covariates(covariates)
+        X = covariate_design(self.effects, cov) if cov else np.zeros((len(covariates), 0))
+        A = effect_matrix(self.effects, self.param_names)
+        return np.asarray(typical_unconstrained(self.mu.mean(0), self.coef.mean(0), X, A))
 
     def sample(self, covariates: np.ndarray, seed: int = 0) -> Cohort:
-        """Individual log-parameters for the given covariates (a random position per subject)."""
+        """Individual log-parameters for the given covariates (a random draw per subject)."""
         covariates = np.asarray(covariates, float)
         rng = np.random.default_rng(seed)
-        n = covariates.shape[0]
-        s = rng.integers(0, self.mu.shape[0], n)
-        X, A = self._effect_matrix(covariates)
-        eta = rng.standard_normal((n, len(self.param_names)))
-        u = self.mu[s] + np.einsum("ne,ne,ep->np", X, self.coef[s], A) + self.omega[s] * eta
+        theta = self.draws.sample_individuals(rng, self._covariates(covariates), n=covariates.shape[0])
+        u = np.log(np.asarray(theta))
         return Cohort(self.covariate_names, covariates, self.param_names, u, self.noise_free(covariates))
 
 
@@ -176,20 +186,16 @@ def _study_covariates(pm, names) -> np.ndarray:
 
 # ============================================================================ truth
 def truth_population(truth: dict, pm) -> dict[str, float]:
-    """Natural-unit population values (all of ``pm.names``) from an example-study ``truth.json``."""
-    flat = {
-        **truth.get("population", {}),
-        **truth.get("omega", {}),
-        **{k: v for k, v in truth.get("covariates", {}).items() if isinstance(v, (int, float))},
-        **{k: v for k, v in truth.get("residual", {}).items() if isinstance(v, (int, float))},
-    }
-    missing = [k for k in pm.names if k not in flat]
+    """Natural-unit population values (all of ``pm.names``) from an example-study ``truth.json``
+    (read by [`PopulationDraws.from_truth`][pkpd_jax.population.PopulationDraws.from_truth])."""
+    vals = PopulationDraws.from_truth(truth, n_study=1000).values
+    missing = [k for k in pm.names if k not in vals]
     if missing:
         raise ValueError(
             f"truth has no value for {missing} (population model {pm.model.name}, "
             f"covariates {[e.name for e in pm.effects]})."
         )
-    return {k: float(flat[k]) for k in pm.names}
+    return {k: float(vals[k][0]) for k in pm.names}
 
 
 def _truth_covariates(truth: dict, names, n: int, rng, study_cov: np.ndarray) -> np.ndarray:
@@ -209,7 +215,7 @@ def example_population_model(study=None, truth=None):
     """``(population model, truth dict)`` for the bundled example study (or the given files)."""
     from ..data import Dataset
     from ..data.example import example_paths
-    from ..inference.population import PopulationModel
+    from ..inference.likelihood import PopulationModel
     from ..models import get_model
 
     csv, js = example_paths()

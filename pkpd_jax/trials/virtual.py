@@ -1,12 +1,13 @@
 """Virtual populations: posterior draws × covariates × between-subject variability.
 
-A [`Posterior`][] holds what a trial needs from a fit, or from a known truth: the structural
+A [`Posterior`][] (the trial's [`PopulationDraws`][pkpd_jax.population.PopulationDraws]) holds
+what a trial needs from a fit, or from a known truth: the structural
 model, the covariate effects, which parameters vary between subjects, population values per
 posterior draw (typical values of the reference subject, covariate coefficients, ``omega_*``),
 the study's covariates (for resampling) and its dose duration.
 
-[`virtual_parameters`][] builds individual parameters exactly as the population model does
-(`pkpd_jax.inference.population`)::
+[`virtual_parameters`][] builds individual parameters with the population model's one covariate
+map (`pkpd_jax.population`)::
 
     θ_ik = g⁻¹( g(typical_k) + Σ_e coef_e·x_ie·[e acts on k] + ω_k·η_ik ),   η_ik ~ N(0, 1)
 
@@ -20,17 +21,15 @@ kernel regressor), see `individual_model`.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..inference.population import CovariateEffect, CovariateSpec
-from ..models.coupling import PKPDModel
+from ..population import PopulationDraws, to_natural, to_unconstrained
 
 
 __all__ = [
@@ -82,180 +81,27 @@ class CovariateDistribution:
             raise ValueError(f"the COMED fraction must be in [0, 1]; got {self.comed}.")
 
 
-@dataclass
-class Posterior:
-    """Population values per draw, and what is needed to make new subjects (see module doc).
+class Posterior(PopulationDraws):
+    """Population values per draw, and what is needed to make new subjects: the
+    [`PopulationDraws`][pkpd_jax.population.PopulationDraws] of a trial, whose fit must have a PD
+    model (dose questions are about the biomarker).
 
     `values`: ``{name: (draws,)}`` natural-unit typical values (``model.param_names``), covariate
     coefficients (power: exponent; factor: the factor, e.g. ``COMED_CL = 0.6``) and
     ``omega_<param>`` for `bsv_params`. `study_covariates`: ``{name: (subjects,)}``.
     """
 
-    model: PKPDModel
-    effects: tuple[CovariateEffect, ...]
-    bsv_params: tuple[str, ...]
-    values: dict[str, np.ndarray]
-    study_covariates: dict[str, np.ndarray]
-    dose_duration: float = 0.0
-    source: str = ""
-    meta: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        need = (
-            list(self.model.param_names)
-            + [e.name for e in self.effects]
-            + [f"omega_{b}" for b in self.bsv_params]
-        )
-        missing = [n for n in need if n not in self.values]
-        if missing:
-            raise ValueError(f"posterior values miss {missing} (model {self.model.name}).")
-        sizes = {np.asarray(self.values[n]).reshape(-1).size for n in need}
-        if len(sizes) != 1:
-            raise ValueError(
-                f"every posterior value needs the same number of draws; got sizes {sorted(sizes)}."
-            )
-        self.values = {k: np.asarray(v, float).reshape(-1) for k, v in self.values.items()}
-
-    @property
-    def n_draws(self) -> int:
-        return int(self.values[self.model.param_names[0]].size)
-
-    def subset(self, idx) -> Posterior:
-        return Posterior(
-            self.model,
-            self.effects,
-            self.bsv_params,
-            {k: v[idx] for k, v in self.values.items()},
-            self.study_covariates,
-            self.dose_duration,
-            self.source,
-            self.meta,
-        )
-
-    # ------------------------------------------------------------------ constructors
     @classmethod
     def from_fit(cls, fit_dir, *, n_draws: int | None = None, seed: int = 0) -> Posterior:
         """Posterior draws of a fit directory (`pkpd-jax fit`), `n_draws` of them picked at random
-        without replacement (seeded; default all)."""
-        from ..inference.fit import load_fit
-
-        pm, positions, summary = load_fit(fit_dir)
-        if pm.model.pd is None:
+        without replacement (seeded; default all). Raises `ValueError` for a PK-only fit."""
+        post = super().from_fit(fit_dir, n_draws=n_draws, seed=seed)
+        if post.model.pd is None:
             raise ValueError(
-                f"the fit in {fit_dir} is PK-only ({pm.model.name}); dose questions about a biomarker "
+                f"the fit in {fit_dir} is PK-only ({post.model.name}); dose questions about a biomarker "
                 "need a fit with a PD model (pkpd-jax fit --pd ...)."
             )
-        flat = np.asarray(positions).reshape(-1, pm.dim)
-        if n_draws is not None:
-            if n_draws < 1:
-                raise ValueError(f"`n_draws` must be >= 1; got {n_draws}.")
-            rng = np.random.default_rng(seed)
-            pick = np.sort(rng.choice(flat.shape[0], size=min(n_draws, flat.shape[0]), replace=False))
-            flat = flat[pick]
-        vals = {k: np.asarray(v) for k, v in pm.unflatten(jnp.asarray(flat)).items()}
-        if not all(np.all(np.isfinite(v)) for v in vals.values()):
-            raise ValueError(f"the draws in {fit_dir} contain non-finite values; refit.")
-        return cls(
-            model=pm.model,
-            effects=tuple(pm.effects),
-            bsv_params=tuple(pm.bsv_params),
-            values=vals,
-            study_covariates=_dataset_covariates(pm.dataset),
-            dose_duration=_dose_duration(pm.dataset),
-            source=str(fit_dir),
-            meta={
-                "sampler": summary.get("sampler"),
-                "draws_total": int(np.asarray(positions).shape[0] * np.asarray(positions).shape[1]),
-            },
-        )
-
-    @classmethod
-    def from_truth(
-        cls,
-        truth: Mapping | str | Path,
-        *,
-        covariates: str = "generating",
-        n_study: int = 100_000,
-        seed: int = 0,
-    ) -> Posterior:
-        """One 'draw' at the known truth of a simulated study (e.g. the bundled ``truth.json``).
-
-        `covariates`: ``"generating"`` gives the study covariates from the generating
-        distribution written in the truth (BW uniform on the stated range, COMED Bernoulli), as
-        `n_study` seeded subjects to resample from; ``"study"`` uses the actual subjects'
-        covariates (``truth["individual"]``).
-        """
-        from ..models import get_model
-
-        if not isinstance(truth, Mapping):
-            truth = json.loads(Path(truth).read_text())
-        model = get_model(truth["pk_model"], truth.get("pd_model"))
-        cov = truth.get("covariates", {})
-        vals = {k: np.array([float(v)]) for k, v in truth["population"].items()}
-        for k in ("BW_CL", "BW_V", "COMED_CL"):
-            if k in cov:
-                vals[k] = np.array([float(cov[k])])
-        vals.update({k: np.array([float(v)]) for k, v in truth.get("omega", {}).items()})
-        bsv = tuple(n for n in model.param_names if f"omega_{n}" in vals)
-        ind = truth.get("individual", {})
-        if covariates == "study":
-            study = {k: np.asarray(ind[k], float) for k in ("BW", "COMED") if k in ind}
-        elif covariates == "generating":
-            rng = np.random.default_rng(seed)
-            lo, hi = _parse_uniform(cov.get("BW_distribution", "uniform(50, 100) kg"))
-            study = {
-                "BW": rng.uniform(lo, hi, n_study),
-                "COMED": (rng.uniform(size=n_study) < float(cov.get("COMED_probability", 0.0))).astype(float),
-            }
-        else:
-            raise ValueError(f"`covariates` must be 'generating' or 'study'; got {covariates!r}.")
-        # the covariate effects the truth's equations describe = the automatic covariate model
-        effects = CovariateSpec("auto").resolve(model, _covariate_only_dataset(study))
-        design = truth.get("design", {})
-        return cls(
-            model,
-            effects,
-            bsv,
-            vals,
-            study,
-            float(design.get("infusion_h", 0.0)),
-            "truth",
-            {"covariates": covariates},
-        )
-
-
-def _parse_uniform(text: str) -> tuple[float, float]:
-    import re
-
-    m = re.search(r"uniform\(\s*([0-9.eE+-]+)\s*,\s*([0-9.eE+-]+)\s*\)", text)
-    if not m:
-        raise ValueError(f"cannot read a BW distribution from {text!r}; expected 'uniform(lo, hi)'.")
-    return float(m.group(1)), float(m.group(2))
-
-
-def _covariate_only_dataset(study: dict):
-    """A minimal stand-in with `covariate_names` and `covariates` (all `resolve` reads)."""
-
-    class _Cov:
-        covariate_names = tuple(study)
-        covariates = (
-            np.stack([np.asarray(study[k], float) for k in study], axis=1) if study else np.zeros((1, 0))
-        )
-
-    return _Cov()
-
-
-def _dataset_covariates(dataset) -> dict[str, np.ndarray]:
-    cov = np.asarray(dataset.covariates, float)
-    return {name: cov[:, j] for j, name in enumerate(dataset.covariate_names)}
-
-
-def _dose_duration(dataset) -> float:
-    """The study's infusion duration (median over real doses; 0 = bolus / model default)."""
-    amt = np.asarray(dataset.regimen.amount, float)
-    dur = np.asarray(dataset.regimen.duration, float)
-    real = amt > 0
-    return float(np.median(dur[real])) if real.any() else 0.0
+        return post
 
 
 # ---------------------------------------------------------------------------- sampling
@@ -319,20 +165,15 @@ def virtual_parameters(
     cov_keys = jax.random.split(k_cov, n_draws)
     covs = [sample_covariates(posterior, dist, n_virtual, k) for k in cov_keys]
     cov_arr = {c: np.stack([cv[c] for cv in covs]) for c in (covs[0] if covs else {})}
-    vals = posterior.values
 
     if individual_model is None:
-        u = np.stack([np.asarray(p.to_unconstrained(jnp.asarray(vals[p.name]))) for p in params], -1)
-        u = np.broadcast_to(u[:, None, :], (n_draws, n_virtual, len(names))).copy()
-        for e in posterior.effects:
-            if e.covariate not in cov_arr:
-                raise ValueError(
-                    f"covariate effect {e.name} needs covariate {e.covariate}, absent from the study."
-                )
-            x = e.design(cov_arr[e.covariate])  # (draws, n)
-            coef = vals[e.name] if e.kind == "power" else np.log(vals[e.name])
-            for q in e.params:
-                u[..., names.index(q)] += coef[:, None] * x
+        missing = [e for e in posterior.effects if e.covariate not in cov_arr]
+        if missing:
+            e = missing[0]
+            raise ValueError(
+                f"covariate effect {e.name} needs covariate {e.covariate}, absent from the study."
+            )
+        theta = np.asarray(posterior.sample_individuals(k_eta, cov_arr, bsv=bsv, n=n_virtual))
     else:
         typ = np.stack(
             [
@@ -345,15 +186,11 @@ def virtual_parameters(
                 f"`individual_model` must return (n, {len(names)}) parameters ({list(names)}); "
                 f"got {typ.shape[1:]}."
             )
-        u = np.stack(
-            [np.asarray(p.to_unconstrained(jnp.asarray(typ[..., k]))) for k, p in enumerate(params)], -1
-        )
-    if bsv and posterior.bsv_params:
-        idx = [names.index(b) for b in posterior.bsv_params]
-        omega = np.stack([vals[f"omega_{b}"] for b in posterior.bsv_params], -1)  # (draws, B)
-        eta = np.asarray(jax.random.normal(k_eta, (n_draws, n_virtual, len(idx))))
-        u[..., idx] += omega[:, None, :] * eta
-    theta = np.stack([np.asarray(p.to_natural(jnp.asarray(u[..., k]))) for k, p in enumerate(params)], -1)
+        u = to_unconstrained(params, typ)
+        if bsv and posterior.bsv_params:
+            eta = jax.random.normal(k_eta, (n_draws, n_virtual, len(posterior.bsv_params)))
+            u = u.at[..., posterior.bsv_index].add(jnp.asarray(posterior.omega())[:, None, :] * eta)
+        theta = np.asarray(to_natural(params, u))
     if not np.all(np.isfinite(theta)):
         raise ValueError(
             "virtual subjects with non-finite parameters (extreme posterior draws?); check the fit."

@@ -1,6 +1,7 @@
-"""Digital twin / precision dosing: one patient's posterior under a population model, forecasts
-and dose recommendations ([`forecast`][]), and the next most informative sampling time
-([`active`][]). The command is `pkpd-jax twin` (`commands.py`)."""
+"""Digital twin / precision dosing: a patient's records ([`patient`][]), their posterior under a
+population model ([`posterior`][]), forecasts and dose recommendations ([`forecast`][]), and the
+next most informative sampling time ([`active`][]). The command is `pkpd-jax twin`
+(`commands.py`)."""
 
 from .posterior import (
     PatientRecord,

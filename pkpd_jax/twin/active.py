@@ -20,10 +20,11 @@ the expected information ``½ log(Var before / Var after)``, Bayesian D/c-optima
 design: Chaloner & Verdinelli 1995, Statist. Sci. 10:273-304; for PK sampling, D'Argenio 1981,
 J. Pharmacokinet. Biopharm. 9:739-756).
 
-**Sensitivities.** ``j(t)`` for every candidate time comes from one forward-mode pass through the
-simulator (`jax.jacfwd` over η of the predictions at all candidate times, diffrax's forward-mode
-adjoint). The candidate grid (default: every `step` h after 'now' within the horizon) is
-searched exhaustively and the best grid time is refined on a 10x finer local grid.
+**Sensitivities.** ``j(t)`` for every candidate time comes from one pass of the population
+likelihood's integrator with forward sensitivities ∂y/∂θ, chained to η
+(`pkpd_jax.twin.posterior.predictions_and_sensitivities`). The candidate grid (default: every
+`step` h after 'now' within the horizon) is searched exhaustively and the best grid time is
+refined on a 10x finer local grid.
 """
 
 from __future__ import annotations
@@ -35,8 +36,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..dosing import Regimen
+from ..population import fisher_weight
 from ..solve import SolverConfig
-from .posterior import TWIN_CONFIG, PatientArrays, TwinError, TwinPopulation, TwinPosterior, predictions
+from .posterior import (
+    TWIN_CONFIG,
+    PatientArrays,
+    TwinError,
+    TwinPopulation,
+    TwinPosterior,
+    predictions_and_sensitivities,
+)
 
 
 __all__ = [
@@ -52,17 +61,8 @@ __all__ = [
 def _sens_fn(pop_key, model, bsv_index, config):
     bsv_index = np.asarray(bsv_index)
 
-    def theta(u, om, eta):
-        uu = u.at[bsv_index].add(om * eta)
-        return jnp.stack([p.to_natural(uu[..., k]) for k, p in enumerate(model.params)], -1)
-
     def one(eta, u, om, data):
-        def f(e):
-            val, status = predictions(model, theta(u, om, e), data, config)
-            return val, (val, status)
-
-        J, (val, status) = jax.jacfwd(f, has_aux=True)(eta)
-        return val, J, status
+        return predictions_and_sensitivities(model, bsv_index, u, om, eta, data, config)
 
     # draws share the candidate times; outer vmap over patients
     inner = jax.vmap(one, in_axes=(0, 0, 0, None))
@@ -154,8 +154,7 @@ def expected_variance(
     w_k = post.weights
     s = post.sigma.reshape(post.sigma.shape[0], -1, 2)[:, dvid - 1]  # (K, 2)
     sp, sa = s[:, 0:1], s[:, 1:2]
-    v = (sp * f) ** 2 + sa**2
-    w = 1.0 / v + 2 * sp**4 * f**2 / v**2  # (K, C)
+    w = np.asarray(fisher_weight(f, sp, sa))  # (K, C)
     Sc = np.einsum("kab,kb->ka", post.cov, c)  # Σc (K, B)
     var0 = np.einsum("ka,ka->k", c, Sc)  # (K,)
     cSj = np.einsum("ka,kca->kc", Sc, J)  # (K, C)

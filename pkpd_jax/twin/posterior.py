@@ -1,26 +1,29 @@
 """One patient's individual posterior under a population model: MAP + Laplace, mixed over draws.
 
 **Model.** For population draw ``k`` (typical values, covariate effects, ``ω``, ``σ``) and the
-patient's covariates ``x``, the individual parameters are, exactly as in the population model
-(`pkpd_jax.inference.population`)::
+patient's covariates ``x``, the individual parameters follow the population model's one covariate
+map (`pkpd_jax.population`)::
 
     g(θ) = u_k(x) + ω_k ⊙ η,   u_k(x) = g(typical_k) + Σ_e coef_e,k · x_e · [e acts on θ],
     η ~ N(0, I)  (one coordinate per parameter with between-subject variability)
 
 and the observations are ``DV ~ N(f, (σ_prop·f)² + σ_add²)`` per type (DVID 1 concentration,
-DVID 2 biomarker), BLQ rows with the M3 likelihood ``Φ((LLOQ − f)/sd)``; quantified
-concentrations at or before the first dose are not used (the model predicts 0 there), as in the
-population fit.
+DVID 2 biomarker), BLQ rows with the M3 likelihood ``Φ((LLOQ − f)/sd)`` (the population model's
+residual error model); quantified concentrations at or before the first dose are not used (the
+model predicts 0 there), as in the population fit. The predictions use the fit's integrator and
+settings (`pkpd_jax.population.individual_predictor`, `DEFAULT_CONFIG`): the explicit
+Runge-Kutta one-loop solver with forward sensitivities for nonlinear models, the exact matrix
+exponential for linear ones.
 
 **Per draw: MAP and Laplace.** The negative log posterior in η,
 ``L_k(η) = −log p(y | η, draw k) + ½‖η‖²``, is minimised by Levenberg-Marquardt with the
-Gauss-Newton/Fisher matrix ``Jᵀ W J + I`` (``J = ∂f/∂η`` by forward-mode differentiation
-through the simulator, `jax.jacfwd` with diffrax's forward-mode adjoint; ``W`` the expected
+Gauss-Newton/Fisher matrix ``Jᵀ W J + I`` (``J = ∂f/∂η`` from the integrator's forward
+sensitivities ∂y/∂θ chained to η; ``W`` the expected
 information of each observation about its prediction,
 ``1/v + 2σ_prop⁴f²/v²`` with ``v = (σ_prop·f)² + σ_add²``). The posterior is then approximated by
 ``N(η̂_k, H_k⁻¹)`` with ``H_k`` the Hessian of ``L_k`` at ``η̂_k`` — by default central
 differences of the exact forward-mode gradient (``2B`` gradient calls of the already compiled
-evaluation; the exact forward-over-forward Hessian, ``hessian="exact"``, agrees to ~1e-8 but
+evaluation; the exact Hessian, ``hessian="exact"``, forward mode over the sensitivities,
 compiles for minutes for ODE models) — falling back to the Fisher matrix where it is not
 positive definite (Laplace approximation; Tierney & Kadane 1986, JASA 81:82-86; the idea of
 NONMEM's FOCE-I conditional estimates).
@@ -39,23 +42,31 @@ Laplace approximation on one patient.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
 
-import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import log_ndtr
 
-from ..dosing import Regimen
-from ..errors import PkpdError
 from ..models.coupling import PKPDModel
-from ..solve import SolverConfig, simulate
+from ..population import (
+    DEFAULT_CONFIG,
+    PopulationDraws,
+    covariate_design,
+    effect_matrix,
+    fisher_weight,
+    individual_predictor,
+    jacobian_predictor,
+    observation_loglik,
+    regimen_arrays,
+    to_natural,
+    typical_unconstrained,
+)
+from ..solve import SolverConfig
+from .patient import PatientArrays, PatientRecord, TwinError, stack_patients
 
 
 __all__ = [
@@ -68,240 +79,37 @@ __all__ = [
     "individual_posteriors",
     "neg_log_posterior",
     "predictions",
+    "predictions_and_sensitivities",
+    "individual_theta",
     "hmc_check",
     "TWIN_CONFIG",
 ]
 
-#: Solver settings of the twin (forward-mode adjoint: every derivative here is `jacfwd`).
-TWIN_CONFIG = SolverConfig(rtol=1e-8, atol=1e-10, adjoint=dfx.ForwardMode())
-_TYPES = {1: "PK", 2: "PD"}
-
-
-class TwinError(PkpdError, ValueError):
-    """A patient record or population that the twin cannot use as given."""
-
-
-# ============================================================================ the patient
-class PatientArrays(NamedTuple):
-    """One patient's data as fixed-shape arrays (a pytree: several patients stack and vmap).
-
-    `regimen`: doses ``(D,)``; observation arrays ``(M,)``: times (h), DV, DVID (1/2), `mask`
-    (used by the likelihood), `blq`, `lloq` (on BLQ rows).
-    """
-
-    regimen: Regimen
-    time: jax.Array
-    dv: jax.Array
-    dvid: jax.Array
-    mask: jax.Array
-    blq: jax.Array
-    lloq: jax.Array
-
-
-@dataclass
-class PatientRecord:
-    """One patient: ID, covariates, doses and observations (see [`from_csv`][])."""
-
-    id: str
-    covariates: dict[str, float]
-    arrays: PatientArrays
-
-    @property
-    def regimen(self) -> Regimen:
-        return self.arrays.regimen
-
-    @property
-    def n_obs(self) -> int:
-        return int(np.sum(np.asarray(self.arrays.mask)))
-
-    @property
-    def last_time(self) -> float:
-        """The latest dose or observation time (h): 'now' for forecasts and sampling."""
-        reg = self.arrays.regimen
-        dosed = np.asarray(reg.amount) > 0
-        times = [np.asarray(self.arrays.time)[np.asarray(self.arrays.mask)]]
-        if dosed.any():
-            times.append(np.asarray(reg.time)[dosed])
-        return float(max((t.max() for t in times if t.size), default=0.0))
-
-    def dose_duration(self) -> float:
-        """The median infusion duration of the patient's doses (0 = bolus / none)."""
-        reg = self.arrays.regimen
-        dosed = np.asarray(reg.amount) > 0
-        return float(np.median(np.asarray(reg.duration)[dosed])) if dosed.any() else 0.0
-
-    def dose_interval(self) -> float | None:
-        """The median interval between the patient's doses (h), None with fewer than 2 doses."""
-        reg = self.arrays.regimen
-        t = np.sort(np.asarray(reg.time)[np.asarray(reg.amount) > 0])
-        return float(np.median(np.diff(t))) if t.size > 1 else None
-
-    def last_dose(self) -> float | None:
-        reg = self.arrays.regimen
-        dosed = np.asarray(reg.amount) > 0
-        if not dosed.any():
-            return None
-        i = np.argmax(np.where(dosed, np.asarray(reg.time), -np.inf))
-        return float(np.asarray(reg.amount)[i])
-
-    # ------------------------------------------------------------------ construction
-    @classmethod
-    def from_csv(cls, source, *, extra_obs: int = 0) -> PatientRecord:
-        """Read one patient's NONMEM-style records (a CSV path or a polars frame; the format of
-        `pkpd_jax.data.read_nonmem`). Raises [`TwinError`][] for several IDs or no observation.
-
-        `extra_obs`: empty (masked) observation slots to append, for adding samples later.
-        """
-        from ..data import Dataset, read_nonmem
-
-        frame = read_nonmem(source)
-        ids = frame["ID"].unique(maintain_order=True).to_list()
-        where = source if isinstance(source, (str, Path)) else "the patient table"
-        if len(ids) != 1:
-            shown = ", ".join(map(str, ids[:5])) + (" ..." if len(ids) > 5 else "")
-            raise TwinError(
-                f"{where} holds {len(ids)} subjects (IDs {shown}); the twin takes one patient's "
-                "records: split the file by ID (or filter it) and pass one patient."
-            )
-        ds = Dataset.from_frame(frame)
-        mask = np.asarray(ds.obs_mask[0])
-        if not mask.any():
-            raise TwinError(
-                f"{where} has no observation rows (EVID 0, MDV 0) for patient {ids[0]}: the "
-                "individual posterior needs at least one concentration or biomarker value."
-            )
-        covs = {n: float(v) for n, v in zip(ds.covariate_names, np.asarray(ds.covariates[0]))}
-        reg = Regimen(
-            ds.regimen.time[0], ds.regimen.amount[0], ds.regimen.duration[0], ds.regimen.cmt[0]
-        )
-        rec = cls.from_arrays(
-            str(ids[0]),
-            covs,
-            reg,
-            np.asarray(ds.obs_time[0]),
-            np.asarray(ds.obs_dv[0]),
-            np.asarray(ds.obs_dvid[0]),
-            mask,
-            blq=np.asarray(ds.obs_blq[0]),
-            lloq=np.asarray(ds.obs_lloq[0]),
-        )
-        return rec.with_slots(extra_obs) if extra_obs else rec
-
-    @classmethod
-    def from_arrays(
-        cls,
-        pid,
-        covariates: Mapping[str, float],
-        regimen: Regimen,
-        time,
-        dv,
-        dvid,
-        mask=None,
-        *,
-        blq=None,
-        lloq=None,
-    ) -> PatientRecord:
-        """Build a record from arrays (simulation studies). BLQ rows without a known LLOQ use
-        their DV (the data convention writes DV = LLOQ there)."""
-        time = np.asarray(time, float).reshape(-1)
-        m = time.size
-        dv = np.asarray(dv, float).reshape(-1)
-        dvid = np.asarray(dvid, int).reshape(-1)
-        mask = np.ones(m, bool) if mask is None else np.asarray(mask, bool).reshape(-1)
-        blq = np.zeros(m, bool) if blq is None else np.asarray(blq, bool).reshape(-1)
-        lloq = np.full(m, np.nan) if lloq is None else np.asarray(lloq, float).reshape(-1)
-        if not (dv.size == dvid.size == mask.size == blq.size == lloq.size == m):
-            raise TwinError("observation arrays (time, dv, dvid, mask, blq, lloq) must have one length.")
-        bad = mask & ~np.isin(dvid, (1, 2))
-        if bad.any():
-            raise TwinError(
-                f"unknown DVID {np.unique(dvid[bad]).tolist()}; use 1 (concentration) or 2 (biomarker)."
-            )
-        # concentrations at or before the first dose carry no information (the model predicts 0)
-        amount = np.asarray(regimen.amount, float)
-        t_first = float(np.min(np.where(amount > 0, np.asarray(regimen.time, float), np.inf)))
-        mask = mask & ~((dvid == 1) & (time <= t_first) & ~blq)
-        lloq = np.where(blq, np.where(np.isfinite(lloq) & (lloq > 0), lloq, dv), 0.0)
-        arrays = PatientArrays(
-            regimen,
-            jnp.asarray(time),
-            jnp.asarray(dv),
-            jnp.asarray(dvid),
-            jnp.asarray(mask),
-            jnp.asarray(blq & mask),
-            jnp.asarray(lloq),
-        )
-        return cls(str(pid), {k.upper(): float(v) for k, v in covariates.items()}, arrays)
-
-    def with_slots(self, n: int) -> PatientRecord:
-        """The same record with `n` more (masked) observation slots at the end."""
-        a = self.arrays
-        t_pad = jnp.full(n, a.time[-1] if a.time.size else 0.0)
-        pad = lambda x, v: jnp.concatenate([x, jnp.full(n, v, x.dtype)])  # noqa: E731
-        # free slots have DVID 0 (never used by the likelihood until filled)
-        arrays = PatientArrays(
-            a.regimen,
-            jnp.concatenate([a.time, t_pad]),
-            pad(a.dv, 0.0),
-            pad(a.dvid, 0),
-            pad(a.mask, False),
-            pad(a.blq, False),
-            pad(a.lloq, 0.0),
-        )
-        return PatientRecord(self.id, self.covariates, arrays)
-
-    def with_observation(self, time: float, dv: float, dvid: int = 1) -> PatientRecord:
-        """A copy with one more observation in the first free (masked) slot, or appended."""
-        free = np.flatnonzero(np.asarray(self.arrays.dvid) == 0)
-        rec = self if free.size else self.with_slots(1)
-        a = rec.arrays
-        j = int(np.flatnonzero(np.asarray(a.dvid) == 0)[0])
-        arrays = a._replace(
-            time=a.time.at[j].set(time),
-            dv=a.dv.at[j].set(dv),
-            dvid=a.dvid.at[j].set(dvid),
-            mask=a.mask.at[j].set(True),
-        )
-        return PatientRecord(rec.id, rec.covariates, arrays)
-
-
-def stack_patients(records) -> PatientArrays:
-    """Stack records of equal shapes ``(D,)``, ``(M,)`` into one batched `PatientArrays`."""
-    shapes = {(r.arrays.regimen.time.shape, r.arrays.time.shape) for r in records}
-    if len(shapes) != 1:
-        raise TwinError(
-            f"patients to batch need equal dose and observation counts; got {sorted(shapes)}."
-        )
-    return jax.tree.map(lambda *x: jnp.stack(x), *[r.arrays for r in records])
+#: Solver settings of the twin: those of the population fit (`pkpd_jax.population.DEFAULT_CONFIG`),
+#: so that a patient's likelihood is the one the population was fitted with.
+TWIN_CONFIG = DEFAULT_CONFIG
 
 
 # ============================================================================ the population
 @dataclass
-class TwinPopulation:
-    """What the twin needs from a population model: the structural model, covariate effects,
-    random effects and ``K`` population draws ``values {name: (K,)}`` (typical values,
-    covariate coefficients, ``omega_*``, ``sigma_{prop,add}_{PK,PD}``)."""
-
-    model: PKPDModel
-    effects: tuple
-    bsv_params: tuple[str, ...]
-    values: dict[str, np.ndarray]
-    dose_duration: float = 0.0
-    source: str = ""
-    meta: dict = field(default_factory=dict)
+class TwinPopulation(PopulationDraws):
+    """What the twin needs from a population model: population draws with random effects and
+    the residual SDs ([`PopulationDraws`][pkpd_jax.population.PopulationDraws]), ``K`` draws
+    ``values {name: (K,)}`` (typical values, covariate coefficients, ``omega_*``,
+    ``sigma_{prop,add}_{PK,PD}``)."""
 
     def __post_init__(self):
-        self.values = {k: np.asarray(v, float).reshape(-1) for k, v in self.values.items()}
+        vals = {k: np.asarray(v, float).reshape(-1) for k, v in self.values.items()}
         need = (
             list(self.model.param_names)
             + [e.name for e in self.effects]
             + [f"omega_{b}" for b in self.bsv_params]
             + list(self.sigma_names)
         )
-        missing = [n for n in need if n not in self.values]
+        missing = [n for n in need if n not in vals]
         if missing:
             raise TwinError(f"population values miss {missing} (model {self.model.name}).")
-        sizes = {self.values[n].size for n in need}
+        sizes = {vals[n].size for n in need}
         if len(sizes) != 1:
             raise TwinError(
                 f"every population value needs the same number of draws; got sizes {sorted(sizes)}."
@@ -310,28 +118,15 @@ class TwinPopulation:
             raise TwinError(
                 "the population model has no between-subject variability: nothing is individual."
             )
-
-    @property
-    def types(self) -> tuple[int, ...]:
-        return (1,) if self.model.pd is None else (1, 2)
-
-    @property
-    def sigma_names(self) -> tuple[str, ...]:
-        return tuple(f"sigma_{kind}_{_TYPES[t]}" for t in self.types for kind in ("prop", "add"))
-
-    @property
-    def n_draws(self) -> int:
-        return int(self.values[self.model.param_names[0]].size)
-
-    @property
-    def covariates_needed(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(e.covariate for e in self.effects))
+        super().__post_init__()
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_posterior(cls, post, residual: Mapping[str, float] | None = None) -> TwinPopulation:
-        """From a `pkpd_jax.trials.virtual.Posterior` (its values must hold the ``sigma_*``, or pass
-        `residual` ``{sigma_name: value}`` for every draw)."""
+    def from_posterior(
+        cls, post: PopulationDraws, residual: Mapping[str, float] | None = None
+    ) -> TwinPopulation:
+        """From population draws (e.g. a `pkpd_jax.trials.virtual.Posterior`); its values must
+        hold the ``sigma_*``, or pass `residual` ``{sigma_name: value}`` for every draw."""
         vals = dict(post.values)
         for k, v in (residual or {}).items():
             vals[k] = np.full(post.n_draws, float(v))
@@ -340,6 +135,7 @@ class TwinPopulation:
             tuple(post.effects),
             tuple(post.bsv_params),
             vals,
+            dict(post.study_covariates),
             post.dose_duration,
             post.source,
             dict(post.meta),
@@ -349,29 +145,18 @@ class TwinPopulation:
     def from_fit(cls, fit_dir, *, n_draws: int | None = 8, seed: int = 0) -> TwinPopulation:
         """`n_draws` population draws of a fit directory (`pkpd-jax fit`), picked at random
         (seeded); raises [`TwinError`][] for a PK-only fit."""
-        from ..trials.virtual import Posterior
-
-        try:
-            post = Posterior.from_fit(fit_dir, n_draws=n_draws, seed=seed)
-        except ValueError as e:
-            if "PK-only" in str(e):
-                raise TwinError(
-                    f"the fit in {fit_dir} is PK-only: the twin forecasts the biomarker and needs a "
-                    "PK/PD fit (pkpd-jax fit --pd ...)."
-                ) from None
-            raise
-        return cls.from_posterior(post)
+        draws = PopulationDraws.from_fit(fit_dir, n_draws=n_draws, seed=seed)
+        if draws.model.pd is None:
+            raise TwinError(
+                f"the fit in {fit_dir} is PK-only: the twin forecasts the biomarker and needs a "
+                "PK/PD fit (pkpd-jax fit --pd ...)."
+            )
+        return cls.from_posterior(draws)
 
     @classmethod
     def from_truth(cls, truth: Mapping | str | Path) -> TwinPopulation:
         """One draw at the known truth of a simulated study (e.g. the bundled ``truth.json``)."""
-        from ..trials.virtual import Posterior
-
-        if not isinstance(truth, Mapping):
-            truth = json.loads(Path(truth).read_text())
-        post = Posterior.from_truth(truth, n_study=1000)
-        res = {k: v for k, v in truth.get("residual", {}).items() if k.startswith("sigma")}
-        return cls.from_posterior(post, res)
+        return cls.from_posterior(PopulationDraws.from_truth(truth, n_study=1000))
 
     # ------------------------------------------------------------------ checks and arrays
     def check_patient(self, patient: PatientRecord) -> None:
@@ -412,59 +197,69 @@ class TwinPopulation:
 
     def arrays(self, covariates: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(u_typ (K, P), omega (K, B), sigma (K, 2·types))`` for a patient's covariates."""
-        model, vals = self.model, self.values
-        names = model.param_names
-        u = np.stack(
-            [np.asarray(p.to_unconstrained(jnp.asarray(vals[p.name]))) for p in model.params], -1
-        )
-        for e in self.effects:
-            x = float(e.design(np.asarray([covariates[e.covariate]], float))[0])
-            coef = vals[e.name] if e.kind == "power" else np.log(vals[e.name])
-            for q in e.params:
-                u[:, names.index(q)] += coef * x
-        omega = np.stack([vals[f"omega_{b}"] for b in self.bsv_params], -1)
-        sigma = np.stack([vals[s] for s in self.sigma_names], -1)
-        return u, omega, sigma
-
-    @property
-    def bsv_index(self) -> np.ndarray:
-        return np.array([self.model.param_names.index(b) for b in self.bsv_params], int)
+        cov = {c: np.asarray([covariates[c]], float) for c in self.covariates_needed}
+        X = covariate_design(self.effects, cov) if cov else np.zeros((1, 0))
+        A = effect_matrix(self.effects, self.model.param_names)
+        u = np.asarray(typical_unconstrained(self.mu(), self.coef(), X, A))[:, 0, :]
+        return u, self.omega(), self.sigma()
 
     def theta(self, u_typ, omega, eta):
         """Natural-unit parameters for unconstrained typical values, ω and η (any batch axes)."""
-        oe = jnp.asarray(omega) * jnp.asarray(eta)
-        u = jnp.asarray(u_typ)
-        u = jnp.broadcast_to(u, jnp.broadcast_shapes(u.shape[:-1], oe.shape[:-1]) + u.shape[-1:])
-        u = u.at[..., self.bsv_index].add(oe)
-        return jnp.stack([p.to_natural(u[..., k]) for k, p in enumerate(self.model.params)], -1)
+        return individual_theta(self.model, self.bsv_index, u_typ, omega, eta)
+
+
+def individual_theta(model: PKPDModel, bsv_index, u_typ, omega, eta):
+    """``g⁻¹(u_typ + ω ⊙ η)`` (η on the parameters `bsv_index`; any batch axes)."""
+    oe = jnp.asarray(omega) * jnp.asarray(eta)
+    u = jnp.asarray(u_typ)
+    u = jnp.broadcast_to(u, jnp.broadcast_shapes(u.shape[:-1], oe.shape[:-1]) + u.shape[-1:])
+    u = u.at[..., np.asarray(bsv_index)].add(oe)
+    return to_natural(model.params, u)
 
 
 # ============================================================================ densities
 def predictions(model: PKPDModel, theta, data: PatientArrays, config: SolverConfig = TWIN_CONFIG):
-    """Predicted values ``(M,)`` at the observation rows (concentration or biomarker by DVID)."""
-    sol = simulate(model, theta, data.regimen, data.time, config=config)
-    return jnp.where(data.dvid == 2, sol.resp, sol.conc), sol.status
+    """Predicted values ``(M,)`` at the observation rows (concentration or biomarker by DVID) and
+    a status (0 = success, 1 = failed solve or non-finite prediction), from the population
+    likelihood's predictor (`pkpd_jax.population.individual_predictor`)."""
+    pred, ok = individual_predictor(model, config)(theta, data.time, *regimen_arrays(data.regimen))
+    return jnp.where(data.dvid == 2, pred[1], pred[0]), jnp.where(ok > 0.5, 0, 1)
+
+
+def predictions_and_sensitivities(model: PKPDModel, bsv_index, u_typ, omega, eta, data: PatientArrays,
+                                  config: SolverConfig = TWIN_CONFIG):
+    """Predictions ``f (M,)``, their sensitivities ``J = ∂f/∂η (M, B)`` and a status (0 =
+    success): the likelihood's integrator with forward sensitivities ∂y/∂θ
+    (`pkpd_jax.population.jacobian_predictor`), chained to η through ``θ(η)``. Forward-mode
+    differentiable (the exact Hessian differentiates it once more)."""
+    theta_of = lambda e: individual_theta(model, bsv_index, u_typ, omega, e)  # noqa: E731
+    theta = theta_of(eta)
+    dtheta = jax.jacfwd(theta_of)(eta)  # (P, B)
+    pred, ok, jac = jacobian_predictor(model, config)(theta, data.time, *regimen_arrays(data.regimen))
+    pd = data.dvid == 2
+    f = jnp.where(pd, pred[1], pred[0])
+    J = jnp.where(pd[:, None], jac[1], jac[0]) @ dtheta
+    return f, J, jnp.where(ok > 0.5, 0, 1)
+
+
+def _residual_sds(data: PatientArrays, sigma):
+    s = sigma.reshape(-1, 2)
+    typ = jnp.clip(data.dvid - 1, 0, s.shape[0] - 1)
+    return s[typ, 0], s[typ, 1], data.mask & (data.dvid <= s.shape[0])
 
 
 def _obs_nll(f, data: PatientArrays, sigma):
-    """Per-observation negative log-likelihood ``(M,)`` given predictions `f`."""
-    s = sigma.reshape(-1, 2)
-    typ = jnp.clip(data.dvid - 1, 0, s.shape[0] - 1)
-    sp, sa = s[typ, 0], s[typ, 1]
-    sd = jnp.sqrt((sp * f) ** 2 + sa**2)
-    gauss = 0.5 * jnp.log(2 * jnp.pi) + jnp.log(sd) + 0.5 * ((data.dv - f) / sd) ** 2
-    nll = jnp.where(data.blq, -log_ndtr((data.lloq - f) / sd), gauss)
-    use = data.mask & (data.dvid <= s.shape[0])
+    """Per-observation negative log-likelihood ``(M,)`` given predictions `f` (the population
+    model's residual error and M3)."""
+    sp, sa, use = _residual_sds(data, sigma)
+    nll = -observation_loglik(data.dv, f, sp, sa, data.blq, data.lloq)
     return jnp.where(use, nll, 0.0)
 
 
 def _fisher_weight(f, data: PatientArrays, sigma):
     """Expected information of each observation about its prediction: ``1/v + 2σ_p⁴f²/v²``."""
-    s = sigma.reshape(-1, 2)
-    typ = jnp.clip(data.dvid - 1, 0, s.shape[0] - 1)
-    sp, sa = s[typ, 0], s[typ, 1]
-    v = (sp * f) ** 2 + sa**2
-    return 1.0 / v + 2.0 * sp**4 * f**2 / v**2
+    sp, sa, _ = _residual_sds(data, sigma)
+    return fisher_weight(f, sp, sa)
 
 
 def neg_log_posterior(
@@ -486,22 +281,24 @@ def _lm_pieces(pop, config):
     """Jitted, vmapped (patients × draws) evaluation ``(L, ∇L, Fisher matrix, ok)`` and the exact
     Hessian (compiled on first use: forward over forward mode compiles slowly)."""
 
-    def fj(eta, u, om, data):
-        f, status = predictions(pop.model, pop.theta(u, om, eta), data, config)
-        return f, (f, status)
+    bsv_index = pop.bsv_index
+
+    def grad_pieces(eta, u, om, sg, data):
+        f, J, status = predictions_and_sensitivities(pop.model, bsv_index, u, om, eta, data, config)
+        nll = lambda ff: jnp.sum(_obs_nll(ff, data, sg))  # noqa: E731
+        return f, J, status, nll, J.T @ jax.grad(nll)(f) + eta
 
     def evaluate(eta, u, om, sg, data):
-        J, (f, status) = jax.jacfwd(fj, has_aux=True)(eta, u, om, data)
+        f, J, status, nll, g = grad_pieces(eta, u, om, sg, data)
         nll = lambda ff: jnp.sum(_obs_nll(ff, data, sg))  # noqa: E731
         val = nll(f) + 0.5 * jnp.sum(eta**2)
-        g = J.T @ jax.grad(nll)(f) + eta
         use = (data.mask & (data.dvid >= 1) & (data.dvid <= sg.size // 2)).astype(f.dtype)
         A = J.T @ ((use * _fisher_weight(f, data, sg))[:, None] * J) + jnp.eye(eta.size, dtype=f.dtype)
         ok = (status == 0) & jnp.isfinite(val) & jnp.all(jnp.isfinite(g)) & jnp.all(jnp.isfinite(A))
         return jnp.where(ok, val, jnp.inf), g, A, ok
 
-    def hessian(eta, u, om, sg, data):
-        return jax.jacfwd(jax.jacfwd(lambda e: neg_log_posterior(pop, e, u, om, sg, data, config)))(eta)
+    def hessian(eta, u, om, sg, data):  # forward mode over the sensitivities' gradient
+        return jax.jacfwd(lambda e: grad_pieces(e, u, om, sg, data)[4])(eta)
 
     # inner vmap over draws (data shared), outer over patients
     def vv(fn):
@@ -587,7 +384,9 @@ class TwinPosterior:
             var = self.omega[:, b] ** 2 * self.cov[:, b, b]
         else:
             means, var = self.u_typ[:, j], np.zeros(len(w))
-        m = float(np.sum(w * means))
+        # centred on one component: equal component means (a parameter without random effect
+        # and no uncertainty in its typical value) give exactly that mean and SD 0
+        m = float(means[0] + np.sum(w * (means - means[0])))
         return m, float(np.sqrt(np.sum(w * (var + (means - m) ** 2))))
 
     def sample_eta(self, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -746,10 +545,8 @@ def hmc_check(
     k = int(np.argmax(post.weights)) if component is None else int(component)
     u, om, sg = (jnp.asarray(x[k]) for x in (post.u_typ, post.omega, post.sigma))
     data = post.patient.arrays
-    grad_cfg = SolverConfig(rtol=config.rtol, atol=config.atol)  # reverse mode for jax.grad
-
-    def logdensity(eta):
-        val = neg_log_posterior(pop, eta, u, om, sg, data, grad_cfg)
+    def logdensity(eta):  # reverse mode: the likelihood predictor's custom VJP
+        val = neg_log_posterior(pop, eta, u, om, sg, data, config)
         return -jnp.where(jnp.isfinite(val), val, 1e30)
 
     key_w, key_s = jax.random.split(jax.random.key(seed))
