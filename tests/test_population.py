@@ -1122,13 +1122,13 @@ def test_population_draws_from_the_example_truth():
 
 
 def test_population_draws_from_a_fit_directory(tiny, tmp_path):
-    """`PopulationDraws.from_fit` on a small fit directory (positions stored as a fit stores them):
+    """`inference.fitdir.load_draws` on a small fit directory (positions stored as a fit stores them):
     the population values of every draw, the effects and the study covariates, and the one
     covariate map gives the population model's individual parameters at those positions."""
     import json
 
     from pkpd_jax.data import write_nonmem
-    from pkpd_jax.population import PopulationDraws
+    from pkpd_jax.inference.fitdir import load_draws
 
     pm, _, _ = tiny
     rng = np.random.default_rng(3)
@@ -1142,7 +1142,7 @@ def test_population_draws_from_a_fit_directory(tiny, tmp_path):
     (tmp_path / "fit.json").write_text(json.dumps(meta))
     (tmp_path / "summary.json").write_text(json.dumps({"params": {}, "sampler": "synthetic"}))
 
-    draws = PopulationDraws.from_fit(tmp_path)
+    draws = load_draws(tmp_path)
     assert draws.n_draws == 4 and draws.meta["draws_total"] == 4 and draws.source == str(tmp_path)
     assert [e.name for e in draws.effects] == [e.name for e in pm.effects]
     assert draws.bsv_params == pm.bsv_params
@@ -1152,5 +1152,5 @@ def test_population_draws_from_a_fit_directory(tiny, tmp_path):
     np.testing.assert_array_equal(draws.study_covariates["BW"], [60.0, 85.0, 72.0])
     theta = np.asarray(draws.individual_parameters(draws.study_covariates, etas))
     np.testing.assert_allclose(theta, np.asarray(pm.individual_parameters(pos.reshape(4, -1))), rtol=1e-12)
-    two = PopulationDraws.from_fit(tmp_path, n_draws=2, seed=1)
+    two = load_draws(tmp_path, n_draws=2, seed=1)
     assert two.n_draws == 2 and set(two.values["CL"]) <= set(draws.values["CL"])

@@ -36,6 +36,7 @@ import polars as pl
 from .._x64 import x64
 from ..dosing import Regimen, stack_regimens
 from ..models import get_model
+from ..population import simulate_residual
 from ..solve import SolverConfig, simulate_population
 
 
@@ -201,10 +202,8 @@ def _generate(seed: int) -> tuple[pl.DataFrame, dict]:
                 )
             for j in range(n_pk):
                 f = conc[i, j]
-                dv = (
-                    f * (1 + res["sigma_prop_PK"] * rng.normal())
-                    + res["sigma_add_PK"] * rng.normal()
-                )
+                dv = simulate_residual(f, res["sigma_prop_PK"], res["sigma_add_PK"],
+                                       rng.normal(), rng.normal())
                 blq = int(dv < lloq)
                 rows.append(
                     {
@@ -222,7 +221,7 @@ def _generate(seed: int) -> tuple[pl.DataFrame, dict]:
                 )
         for j in range(n_pk, ts.shape[1]):
             f = resp[i, j]
-            dv = f * (1 + res["sigma_prop_PD"] * rng.normal()) + res["sigma_add_PD"] * rng.normal()
+            dv = simulate_residual(f, res["sigma_prop_PD"], res["sigma_add_PD"], rng.normal(), rng.normal())
             rows.append(
                 {
                     **base,

@@ -33,7 +33,7 @@ from .fitdir import (
     save_fit as save_fit,
     summary_json as _summary_json,  # noqa: F401  (its old private name here, for old callers)
 )
-from .population import PopulationModel
+from .likelihood import PopulationModel
 from .samplers import sample
 
 

@@ -30,13 +30,14 @@ import polars as pl
 
 from ..data import Dataset, write_nonmem
 from ..models import get_model
+from ..population import PopulationDraws
 from .diagnostics import divergences
-from .population import PopulationModel
+from .likelihood import PopulationModel
 from .result import MCMCResult
 
 
 __all__ = ["FIT_FILES", "REQUIRED_FILES", "FitResult", "summary_json", "draws_frame", "parametrization_meta",
-           "save_fit", "load_fit"]
+           "save_fit", "load_fit", "load_draws"]
 
 #: The files `save_fit` writes.
 FIT_FILES = ("summary.json", "draws.parquet", "positions.npy", "fit.json", "data.csv")
@@ -174,3 +175,30 @@ def load_fit(path) -> tuple[PopulationModel, np.ndarray, dict]:
                          meta.get("priors"), parametrization=meta.get("parametrization", "noncentered"))
     positions = np.load(path / "positions.npy")
     return pm, positions, json.loads((path / "summary.json").read_text())
+
+
+def load_draws(fit_dir, *, n_draws: int | None = None, seed: int = 0, cls: type | None = None):
+    """The posterior draws of a fit directory (`pkpd-jax fit`) as a
+    [`PopulationDraws`][pkpd_jax.population.PopulationDraws] (or the subclass `cls`), `n_draws`
+    of them picked at random without replacement (seeded; default all)."""
+    cls = PopulationDraws if cls is None else cls
+    pm, positions, summary = load_fit(fit_dir)
+    flat = np.asarray(positions).reshape(-1, pm.dim)
+    if n_draws is not None:
+        if n_draws < 1:
+            raise ValueError(f"`n_draws` must be >= 1; got {n_draws}.")
+        rng = np.random.default_rng(seed)
+        pick = np.sort(rng.choice(flat.shape[0], size=min(n_draws, flat.shape[0]), replace=False))
+        flat = flat[pick]
+    draws = cls.from_population_model(
+        pm,
+        flat,
+        source=str(fit_dir),
+        meta={
+            "sampler": summary.get("sampler"),
+            "draws_total": int(np.asarray(positions).shape[0] * np.asarray(positions).shape[1]),
+        },
+    )
+    if not all(np.all(np.isfinite(v)) for v in draws.values.values()):
+        raise ValueError(f"the draws in {fit_dir} contain non-finite values; refit.")
+    return draws

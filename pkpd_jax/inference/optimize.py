@@ -5,7 +5,7 @@ compiled gradient) and the chains' starting points around it ([`starting_points`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -15,8 +15,9 @@ from jaxtyping import Array
 from ..population import PopulationDataError
 
 
-if TYPE_CHECKING:
-    from .likelihood import PopulationModel
+#: A `pkpd_jax.inference.likelihood.PopulationModel`. Not imported, not even for type checking:
+#: the likelihood module imports this one, and the import graph stays acyclic.
+PopulationModel = Any
 
 
 __all__ = [

@@ -4,7 +4,7 @@ the data's covariates and doses, residual error from the one residual model)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +14,9 @@ from jaxtyping import Array
 from ..population import simulate_residual
 
 
-if TYPE_CHECKING:
-    from .likelihood import PopulationModel
+#: A `pkpd_jax.inference.likelihood.PopulationModel`. Not imported, not even for type checking:
+#: the likelihood module imports this one, and the import graph stays acyclic.
+PopulationModel = Any
 
 
 __all__ = ["PredictiveSample", "simulate_predictive"]

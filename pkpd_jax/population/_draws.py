@@ -4,10 +4,11 @@ A [`PopulationDraws`][] holds ``S`` draws of the population values (typical valu
 reference subject, covariate coefficients, ``omega_*`` and, when known, ``sigma_*``) with the
 structural model, the covariate effects, the parameters with between-subject variability, the
 study's covariates (to resample new subjects from) and its dose duration. It comes from a fit
-directory's posterior draws ([`PopulationDraws.from_fit`][]), from a known truth such as the
-bundled example study's ``truth.json`` ([`PopulationDraws.from_truth`][]) or from a population
-model at given positions ([`PopulationDraws.from_population_model`][]). Individual parameters
-follow the one covariate map of `pkpd_jax.population` ([`individual_parameters`][]).
+directory's posterior draws (`pkpd_jax.inference.fitdir.load_draws`, which builds them with
+[`PopulationDraws.from_population_model`][]: the population layer does not read fit directories
+itself, so it never imports the inference layer), from a known truth such as the bundled
+example study's ``truth.json`` ([`PopulationDraws.from_truth`][]) or from a population model
+at given positions ([`PopulationDraws.from_population_model`][]). Individual parameters follow the one covariate map of `pkpd_jax.population` ([`individual_parameters`][]).
 """
 
 from __future__ import annotations
@@ -210,33 +211,6 @@ class PopulationDraws:
         return cls(pm.model, tuple(pm.effects), tuple(pm.bsv_params), vals, **kw)
 
     @classmethod
-    def from_fit(cls, fit_dir, *, n_draws: int | None = None, seed: int = 0):
-        """Posterior draws of a fit directory (`pkpd-jax fit`), `n_draws` of them picked at random
-        without replacement (seeded; default all)."""
-        from ..inference.fit import load_fit
-
-        pm, positions, summary = load_fit(fit_dir)
-        flat = np.asarray(positions).reshape(-1, pm.dim)
-        if n_draws is not None:
-            if n_draws < 1:
-                raise ValueError(f"`n_draws` must be >= 1; got {n_draws}.")
-            rng = np.random.default_rng(seed)
-            pick = np.sort(rng.choice(flat.shape[0], size=min(n_draws, flat.shape[0]), replace=False))
-            flat = flat[pick]
-        draws = cls.from_population_model(
-            pm,
-            flat,
-            source=str(fit_dir),
-            meta={
-                "sampler": summary.get("sampler"),
-                "draws_total": int(np.asarray(positions).shape[0] * np.asarray(positions).shape[1]),
-            },
-        )
-        if not all(np.all(np.isfinite(v)) for v in draws.values.values()):
-            raise ValueError(f"the draws in {fit_dir} contain non-finite values; refit.")
-        return draws
-
-    @classmethod
     def from_truth(
         cls,
         truth: Mapping | str | Path,
@@ -321,7 +295,4 @@ def dataset_covariates(dataset) -> dict[str, np.ndarray]:
 
 def dose_duration(dataset) -> float:
     """The study's infusion duration (median over real doses; 0 = bolus / model default)."""
-    amt = np.asarray(dataset.regimen.amount, float)
-    dur = np.asarray(dataset.regimen.duration, float)
-    real = amt > 0
-    return float(np.median(dur[real])) if real.any() else 0.0
+    return dataset.regimen.median_duration()

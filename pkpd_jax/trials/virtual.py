@@ -95,7 +95,9 @@ class Posterior(PopulationDraws):
     def from_fit(cls, fit_dir, *, n_draws: int | None = None, seed: int = 0) -> Posterior:
         """Posterior draws of a fit directory (`pkpd-jax fit`), `n_draws` of them picked at random
         without replacement (seeded; default all). Raises `ValueError` for a PK-only fit."""
-        post = super().from_fit(fit_dir, n_draws=n_draws, seed=seed)
+        from ..inference.fitdir import load_draws
+
+        post = load_draws(fit_dir, n_draws=n_draws, seed=seed, cls=cls)
         if post.model.pd is None:
             raise ValueError(
                 f"the fit in {fit_dir} is PK-only ({post.model.name}); dose questions about a biomarker "

@@ -170,22 +170,11 @@ def planned_regimen(post: TwinPosterior, horizon: float) -> Regimen:
     """The patient's doses plus the current dose continued at the current interval until
     ``last time + horizon`` (what a next sample would see)."""
     reg = post.patient.regimen
-    amt = np.asarray(reg.amount)
-    real = amt > 0
-    t = np.asarray(reg.time)[real]
     tau = post.patient.dose_interval()
-    end = post.patient.last_time + horizon
-    if tau is None or not real.any():
+    if tau is None or not (np.asarray(reg.amount) > 0).any():
         return reg
-    new = np.arange(t.max() + tau, end, tau)
-    return Regimen.make(
-        np.concatenate([t, new]),
-        np.concatenate([amt[real], np.full(new.size, amt[real][-1])]),
-        np.concatenate(
-            [np.asarray(reg.duration)[real], np.full(new.size, post.patient.dose_duration())]
-        ),
-        np.concatenate([np.asarray(reg.cmt)[real], np.full(new.size, -1)]),
-    )
+    return reg.continued(tau=tau, until=post.patient.last_time + horizon,
+                         duration=post.patient.dose_duration())
 
 
 def next_sample_time(

@@ -165,20 +165,12 @@ def continued_regimen(
     """The patient's past doses followed by `n_doses` doses of `dose` every `tau` h from `start`
     (default: the last dose + the patient's dosing interval, else + `tau`)."""
     reg = post.patient.regimen
-    amt = np.asarray(reg.amount)
-    real = amt > 0
-    t_past = np.asarray(reg.time)[real]
     if start is None:
+        t_past = np.asarray(reg.time)[np.asarray(reg.amount) > 0]
         step = post.patient.dose_interval() or tau
         start = float(t_past.max()) + step if t_past.size else 0.0
     dur = post.patient.dose_duration() if duration is None else float(duration)
-    t_new = start + tau * np.arange(n_doses)
-    return Regimen.make(
-        np.concatenate([t_past, t_new]),
-        np.concatenate([amt[real], np.full(n_doses, float(dose))]),
-        np.concatenate([np.asarray(reg.duration)[real], np.full(n_doses, dur)]),
-        np.concatenate([np.asarray(reg.cmt)[real], np.full(n_doses, -1)]),
-    )
+    return reg.continued(n_doses, tau, amount=float(dose), start=start, duration=dur)
 
 
 def forecast_profiles(

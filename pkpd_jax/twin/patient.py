@@ -69,15 +69,11 @@ class PatientRecord:
 
     def dose_duration(self) -> float:
         """The median infusion duration of the patient's doses (0 = bolus / none)."""
-        reg = self.arrays.regimen
-        dosed = np.asarray(reg.amount) > 0
-        return float(np.median(np.asarray(reg.duration)[dosed])) if dosed.any() else 0.0
+        return self.arrays.regimen.median_duration()
 
     def dose_interval(self) -> float | None:
         """The median interval between the patient's doses (h), None with fewer than 2 doses."""
-        reg = self.arrays.regimen
-        t = np.sort(np.asarray(reg.time)[np.asarray(reg.amount) > 0])
-        return float(np.median(np.diff(t))) if t.size > 1 else None
+        return self.arrays.regimen.interval()
 
     def last_dose(self) -> float | None:
         reg = self.arrays.regimen

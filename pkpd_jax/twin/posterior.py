@@ -1,5 +1,8 @@
 """One patient's individual posterior under a population model: MAP + Laplace, mixed over draws.
 
+One concept: the twin's individual posterior (its population, objective, Laplace fit and mixture
+over population draws); the patient records are in `twin/patient.py`.
+
 **Model.** For population draw ``k`` (typical values, covariate effects, ``ω``, ``σ``) and the
 patient's covariates ``x``, the individual parameters follow the population model's one covariate
 map (`pkpd_jax.population`)::
@@ -145,7 +148,9 @@ class TwinPopulation(PopulationDraws):
     def from_fit(cls, fit_dir, *, n_draws: int | None = 8, seed: int = 0) -> TwinPopulation:
         """`n_draws` population draws of a fit directory (`pkpd-jax fit`), picked at random
         (seeded); raises [`TwinError`][] for a PK-only fit."""
-        draws = PopulationDraws.from_fit(fit_dir, n_draws=n_draws, seed=seed)
+        from ..inference.fitdir import load_draws
+
+        draws = load_draws(fit_dir, n_draws=n_draws, seed=seed)
         if draws.model.pd is None:
             raise TwinError(
                 f"the fit in {fit_dir} is PK-only: the twin forecasts the biomarker and needs a "
