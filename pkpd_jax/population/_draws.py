@@ -8,7 +8,8 @@ directory's posterior draws (`pkpd_jax.inference.fitdir.load_draws`, which build
 [`PopulationDraws.from_population_model`][]: the population layer does not read fit directories
 itself, so it never imports the inference layer), from a known truth such as the bundled
 example study's ``truth.json`` ([`PopulationDraws.from_truth`][]) or from a population model
-at given positions ([`PopulationDraws.from_population_model`][]). Individual parameters follow the one covariate map of `pkpd_jax.population` ([`individual_parameters`][]).
+at given positions ([`PopulationDraws.from_population_model`][]). Individual parameters follow
+the one covariate map of `pkpd_jax.population` ([`individual_parameters`][]).
 """
 
 from __future__ import annotations
