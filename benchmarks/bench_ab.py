@@ -53,6 +53,8 @@ def log(*a):
 def headline(name: str, d: dict) -> dict[str, float]:
     """The figures of a result file that a reader compares (higher or lower is better as named)."""
     out: dict[str, float] = {}
+    if "error" in d:
+        return {"FAILED (see the JSON)": float("nan")}
     if name == "simulate":
         for r in d.get("pkpd", []):
             tag = f"n={r['n']},dev={r.get('devices', 1)},chunk={r.get('chunk_size')}"
@@ -96,7 +98,8 @@ def run_one(tree: Path, name: str, args: list[str], out: Path) -> tuple[dict, fl
                           capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"bench_{name}.py failed in {tree.name}:\n{proc.stderr[-3000:]}")
+        log(f"bench_{name}.py failed in {tree.name}:\n{proc.stderr[-3000:]}")
+        return {"error": proc.stderr[-3000:]}, wall, probe
     return json.loads((out / BENCHMARKS[name][1]).read_text()), wall, probe
 
 
