@@ -1,6 +1,9 @@
 """The one progress-bar helper for long work (rich), shared by every stage.
 
-`progress_bar(description, total)` returns a context manager yielding an `update(done)`
+[`progress_display`][] builds the project's rich display (one set of columns, stderr or stdout,
+transient or kept) for callers that show several tasks at once (the sampler's warm-up and
+sampling, the trainer's epochs with a live loss); [`progress_bar`][] is the one-task form on top
+of it: `progress_bar(description, total)` returns a context manager yielding an `update(done)`
 callable; with `enabled=False` (or a non-interactive stream where rich prints nothing useful)
 the bar is not drawn and `update` is a no-op. A callable passed as `progress` by a caller
 (``progress=lambda done, total: ...``) is wrapped the same way, so library functions accept
@@ -13,7 +16,50 @@ import contextlib
 from collections.abc import Callable, Iterator
 
 
-__all__ = ["progress_bar"]
+__all__ = ["progress_bar", "progress_display"]
+
+
+def progress_display(
+    *,
+    enabled: bool = True,
+    stdout: bool = False,
+    transient: bool = True,
+    spinner: bool = False,
+    status: bool = False,
+    unit: str = "",
+):
+    """The project's rich `Progress` display, or None when not `enabled`.
+
+    **Arguments:** `stdout` (draw on stdout instead of stderr, for output a user keeps, such as
+    a fit's sampling log), `transient` (erase when stopped), `spinner` (a spinner before the
+    description, for tasks of unknown length), `status` (a text column after the bar showing
+    each task's ``status`` field, e.g. the running loss: add tasks with ``status=""`` and update
+    it with ``bar.update(task, status=...)``), `unit` (shown after the count).
+
+    **Returns:** a `rich.progress.Progress` (use it as a context manager or start/stop it; add
+    tasks with `add_task`), or None.
+    """
+    if not enabled:
+        return None
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [SpinnerColumn()] if spinner else []
+    columns += [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
+    if unit:
+        columns.append(TextColumn(unit))
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    if status:
+        columns.append(TextColumn("{task.fields[status]}"))
+    return Progress(*columns, transient=transient, console=Console(stderr=not stdout))
 
 
 @contextlib.contextmanager
@@ -42,21 +88,7 @@ def progress_bar(
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn()]
-    if unit:
-        columns.append(TextColumn(unit))
-    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
-    bar = Progress(*columns, transient=transient, console=Console(stderr=True))
+    bar = progress_display(transient=transient, unit=unit)
     task = bar.add_task(description, total=total, completed=done)
     bar.start()
     try:

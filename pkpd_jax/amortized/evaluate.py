@@ -276,10 +276,9 @@ def evaluate(
     batches = source(split, 0)
     bar = None
     if progress:
-        from rich.console import Console
-        from rich.progress import Progress
+        from ..progress import progress_display
 
-        bar = Progress(transient=True, console=Console(stderr=True))
+        bar = progress_display()
         bar.start()
         total = source.n_batches(split) if hasattr(source, "n_batches") else None
         task = bar.add_task(f"evaluating {split}", total=total)

@@ -46,6 +46,7 @@ import optax
 
 from ..errors import PkpdError
 from ..nn import checkpoint
+from ..progress import progress_display
 from .encoder import ModelConfig, TransformerEncoder, apply_batch
 from .presets import PRESETS as PRESETS, Preset as Preset, get_preset as get_preset
 from .sources import (
@@ -235,14 +236,8 @@ class TrainResult:
 
 
 def _progress(enabled: bool):
-    if not enabled:
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[status]}"), transient=True,
-                    console=Console(stderr=True))
+    """The epoch bar with the running loss in its status column (None when disabled)."""
+    return progress_display(enabled=enabled, status=True)
 
 
 def _evaluate_split(eval_step, model, source, split: str, info: dict, lam: float) -> dict:

@@ -42,6 +42,7 @@ import numpy as np
 from blackjax.adaptation.window_adaptation import build_schedule
 from blackjax.mcmc.metrics import LowRankInverseMassMatrix
 
+from ..progress import progress_display
 from . import adaptation, nuts
 from .adaptation import QHMCParams, WarmupState, end_window_jit, final_jit, init_jit, longest_slow_window
 from .chains import StaticFn, chain_shards, initial_logdensity, place_carry
@@ -151,26 +152,9 @@ def _qhmc_sample_driver(fn, opts, carry: WarmupState, params: QHMCParams, key, n
 
 
 def _progress_bar(enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext(None)
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        SpinnerColumn(),
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+    """The sampler's display (kept on stdout, with a spinner: NUTS's warm-up has no count)."""
+    bar = progress_display(enabled=enabled, stdout=True, transient=False, spinner=True)
+    return contextlib.nullcontext(None) if bar is None else bar
 
 
 def sample(
