@@ -397,9 +397,10 @@ def test_old_command_module_paths_still_import():
     from pkpd_jax.cli import pbpk, selector, trials, twin
     from pkpd_jax.pbpk.commands import parse_drug
     from pkpd_jax.trials.commands import parse_bw_range
+    from pkpd_jax.twin import run_twin as twin_run
     from pkpd_jax.twin.commands import run_twin
 
-    assert parse_bw_range is trials.parse_bw_range and run_twin is twin.run_twin
+    assert parse_bw_range is trials.parse_bw_range and run_twin is twin_run and twin.twin_command
     assert parse_drug is pbpk.parse_drug
     from pkpd_jax.amortized.classify_commands import classify_command
 

@@ -15,7 +15,7 @@
   against the noise-free covariate function and the oracle ceiling;
   [`population_prediction_rmse`][] simulates the real study's subjects from predicted parameters.
 
-The ``pkpd-jax qkernel`` command ([`commands`][pkpd_jax.quantum.commands]) runs all of it. Only
+The ``pkpd-jax qkernel`` command ([`pkpd_jax.cli.quantum`][]) runs all of it. Only
 numpy is imported here; JAX, PennyLane and scikit-learn load on first use.
 """
 

@@ -1,8 +1,9 @@
 """Digital twin / precision dosing: a patient's records ([`patient`][]), their posterior under a
 population model ([`posterior`][]), forecasts and dose recommendations ([`forecast`][]), and the
-next most informative sampling time ([`active`][]). The command is `pkpd-jax twin`
-(`commands.py`)."""
+next most informative sampling time ([`active`][]), and the whole answer for one patient
+([`run_twin`][], `answer`). The command is `pkpd-jax twin` (`pkpd_jax.cli.twin`)."""
 
+from .answer import run_twin as run_twin
 from .posterior import (
     PatientRecord,
     TwinError,
@@ -20,4 +21,5 @@ __all__ = [
     "TwinPosterior",
     "individual_posterior",
     "individual_posteriors",
+    "run_twin",
 ]
