@@ -36,13 +36,19 @@ from _results import cpu_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: benchmark -> (script arguments, result file written under --out)
+#: benchmark -> (script arguments, result file written under --out): the quick setting, and the
+#: full one (``--full NAME``) where a quick run is too short to time (e.g. trials: 16k
+#: steady states in 0.03 s, below the machine's noise).
 BENCHMARKS = {
     "simulate": (["--quick", "--no-sharded"], "simulate_quick.json"),
     "likelihood": (["--quick"], "likelihood_quick.json"),
     "corpus": (["--quick"], "corpus_quick.json"),
     "trials": (["--quick"], "trials_quick.json"),
     "run": (["--quick"], "run_quick.json"),
+}
+FULL = {
+    "simulate": (["--n", "10000", "--no-sharded", "--scipy-subjects", "50"], "simulate.json"),
+    "trials": ([], "trials.json"),
 }
 
 
@@ -89,7 +95,7 @@ def headline(name: str, d: dict) -> dict[str, float]:
     return {k: float(v) for k, v in out.items() if v is not None}
 
 
-def run_one(tree: Path, name: str, args: list[str], out: Path) -> tuple[dict, float, float]:
+def run_one(tree: Path, name: str, args: list[str], out: Path, result_file: str) -> tuple[dict, float, float]:
     env = {**os.environ, "PYTHONPATH": str(tree)}
     script = tree / "benchmarks" / f"bench_{name}.py"
     probe = cpu_probe()
@@ -100,13 +106,15 @@ def run_one(tree: Path, name: str, args: list[str], out: Path) -> tuple[dict, fl
     if proc.returncode != 0:
         log(f"bench_{name}.py failed in {tree.name}:\n{proc.stderr[-3000:]}")
         return {"error": proc.stderr[-3000:]}, wall, probe
-    return json.loads((out / BENCHMARKS[name][1]).read_text()), wall, probe
+    return json.loads((out / result_file).read_text()), wall, probe
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", required=True, help="the commit to compare against (before)")
     ap.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=list(BENCHMARKS))
+    ap.add_argument("--full", nargs="*", choices=list(FULL), default=[],
+                    help="run these benchmarks at their full size instead of --quick")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args(argv)
 
@@ -123,13 +131,13 @@ def main(argv=None) -> None:
     results: dict = {}
     try:
         for name in args.only:
-            bargs = BENCHMARKS[name][0]
+            bargs, result_file = FULL[name] if name in args.full else BENCHMARKS[name]
             entry = {}
             for side, tree in (("before", base_tree), ("after", ROOT)):
                 log(f"[{name}] {side} ...")
                 out = tmp / f"{name}_{side}"
                 out.mkdir()
-                data, wall, probe = run_one(tree, name, bargs, out)
+                data, wall, probe = run_one(tree, name, bargs, out, result_file)
                 entry[side] = {"wall_s": wall, "cpu_probe_s": probe, "headline": headline(name, data),
                                "result": data}
                 log(f"[{name}] {side}: {wall:.0f} s")
